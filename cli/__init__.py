@@ -1,0 +1,1 @@
+"""The ``occfeat`` command line: thin Typer commands over the library."""

@@ -1,0 +1,252 @@
+"""The sample index: every stage reads nuScenes-format data through this, and this reads it through
+the official nuscenes-devkit.
+
+A :class:`SampleRecord` holds what one key frame needs, with all geometry already composed into the
+**ego frame at the key-frame LiDAR timestamp** ("ego" below):
+
+- ``lidar``: the key-frame sweep, ``ego_T_lidar``;
+- ``sweeps(n)``: that sweep and the n-1 previous ones, each moved through its own ego pose into ego;
+- ``cameras``: the six cameras in :data:`CAMERAS` order, each with ``cam_T_ego`` composed through the
+  camera's own ego pose (camera and LiDAR timestamps differ by up to ~40 ms).
+
+Splits are resolved by the devkit's ``get_scenes_of_split``: official names (train, val, mini_train,
+...) and custom ones from ``<dataroot>/<version>/splits.json`` alike, keeping the scenes present in
+the dataroot. Samples come in a stable order: scenes in split order, key frames in time order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from occfeat.errors import OccfeatError
+from occfeat.geometry import invert_rigid, transform_from_pose
+
+# Canonical camera order (clockwise from the front). Stamped into every cache that stores per-camera data.
+CAMERAS: tuple[str, ...] = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_BACK_RIGHT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_FRONT_LEFT",
+)
+LIDAR = "LIDAR_TOP"
+VERSIONS = ("v1.0-mini", "v1.0-trainval", "v1.0-test")
+# Bytes per LiDAR point in a nuScenes .pcd.bin: float32 x (x, y, z, intensity, ring).
+POINT_BYTES = 20
+
+
+@dataclass(frozen=True)
+class LidarSweep:
+    """One LiDAR sweep: its file and ``ego_T_lidar`` into the key-frame ego frame."""
+
+    token: str
+    path: Path
+    timestamp: int
+    ego_T_lidar: np.ndarray  # (4, 4)
+    is_key_frame: bool
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    """One camera image of a key frame. ``cam_T_ego`` maps key-frame ego points into this camera."""
+
+    channel: str
+    token: str
+    path: Path
+    timestamp: int
+    width: int
+    height: int
+    K: np.ndarray  # (3, 3) pix_T_cam at the stored image size
+    cam_T_ego: np.ndarray  # (4, 4)
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One key frame, geometry composed into the key-frame ego frame."""
+
+    token: str
+    scene_token: str
+    scene_name: str
+    location: str
+    timestamp: int
+    global_T_ego: np.ndarray  # (4, 4) ego pose at the key-frame LiDAR timestamp
+    lidar: LidarSweep
+    cameras: tuple[CameraFrame, ...]
+    _index: "SampleIndex" = field(repr=False, compare=False)
+
+    def sweeps(self, n: int) -> list[LidarSweep]:
+        """The key-frame sweep and up to ``n - 1`` previous sweeps (fewer at the start of a scene)."""
+        return self._index.sweeps(self, n)
+
+
+def load_nuscenes(dataroot: str | Path, version: str):
+    """``NuScenes(version, dataroot)`` with a one-line error for the usual mistakes."""
+    from nuscenes.nuscenes import NuScenes
+
+    root = Path(dataroot)
+    if not root.is_dir():
+        raise OccfeatError(f"dataroot {root} does not exist; pass the folder that holds '{version}/'")
+    if not (root / version).is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("v1.0"))
+        raise OccfeatError(f"no '{version}' folder in {root} (found: {', '.join(found) or 'none'}); check --version")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return NuScenes(version=version, dataroot=str(root), verbose=False)
+    except (AssertionError, FileNotFoundError, KeyError, ValueError) as e:
+        # The devkit asserts on missing tables and raises on malformed JSON.
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OccfeatError(f"nuscenes-devkit cannot load {root}/{version}: {msg}") from e
+
+
+class SampleIndex:
+    """The key frames of one split of a nuScenes-format dataroot, read through the devkit."""
+
+    def __init__(self, dataroot: str | Path, version: str, split: str | None = "train", nusc=None):
+        self.dataroot = Path(dataroot)
+        self.version = version
+        self.split = split
+        self.nusc = nusc if nusc is not None else load_nuscenes(dataroot, version)
+        self.scenes = self._resolve_split(split)
+        self.tokens: list[str] = [t for scene in self.scenes for t in self._scene_sample_tokens(scene)]
+
+    # ---- split resolution: one code path for official and custom splits ----
+    def _resolve_split(self, split: str | None) -> list[dict]:
+        from nuscenes.utils.splits import get_scenes_of_split
+
+        by_name = {s["name"]: s for s in self.nusc.scene}
+        if split is None or split == "all":
+            return sorted(self.nusc.scene, key=lambda s: s["name"])
+        try:
+            names = get_scenes_of_split(split, self.nusc)
+        except ValueError as e:
+            raise OccfeatError(f"unknown split '{split}': {e}") from e
+        scenes = [by_name[n] for n in names if n in by_name]
+        if not scenes:
+            raise OccfeatError(
+                f"split '{split}' has no scenes in {self.dataroot}/{self.version} "
+                f"(it holds {len(by_name)} scenes); pick another --split"
+            )
+        return scenes
+
+    def _scene_sample_tokens(self, scene: dict) -> list[str]:
+        out, token = [], scene["first_sample_token"]
+        while token:
+            out.append(token)
+            token = self.nusc.get("sample", token)["next"]
+        return out
+
+    # ---- records ----
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> SampleRecord:
+        return self.record(self.tokens[i])
+
+    def __iter__(self):
+        return (self.record(t) for t in self.tokens)
+
+    @cached_property
+    def _scene_by_token(self) -> dict:
+        return {s["token"]: s for s in self.nusc.scene}
+
+    def location(self, scene_token: str) -> str:
+        scene = self._scene_by_token[scene_token]
+        return self.nusc.get("log", scene["log_token"])["location"]
+
+    def _sensor_to_global(self, sd: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(global_T_ego at sd's timestamp, ego_T_sensor) for a sample_data record."""
+        cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        pose = self.nusc.get("ego_pose", sd["ego_pose_token"])
+        return transform_from_pose(pose["rotation"], pose["translation"]), transform_from_pose(
+            cs["rotation"], cs["translation"]
+        )
+
+    def record(self, token: str) -> SampleRecord:
+        nusc = self.nusc
+        sample = nusc.get("sample", token)
+        lidar_sd = nusc.get("sample_data", sample["data"][LIDAR])
+        global_T_ego, ego_T_lidar = self._sensor_to_global(lidar_sd)
+        lidar = LidarSweep(
+            token=lidar_sd["token"],
+            path=self.dataroot / lidar_sd["filename"],
+            timestamp=lidar_sd["timestamp"],
+            ego_T_lidar=ego_T_lidar,
+            is_key_frame=True,
+        )
+        cams = []
+        for channel in CAMERAS:
+            if channel not in sample["data"]:
+                raise OccfeatError(f"sample {token} has no {channel}; occfeat needs all six cameras")
+            sd = nusc.get("sample_data", sample["data"][channel])
+            global_T_egocam, egocam_T_cam = self._sensor_to_global(sd)
+            cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            cam_T_ego = invert_rigid(egocam_T_cam) @ invert_rigid(global_T_egocam) @ global_T_ego
+            cams.append(
+                CameraFrame(
+                    channel=channel,
+                    token=sd["token"],
+                    path=self.dataroot / sd["filename"],
+                    timestamp=sd["timestamp"],
+                    width=int(sd["width"]),
+                    height=int(sd["height"]),
+                    K=np.asarray(cs["camera_intrinsic"], dtype=np.float64),
+                    cam_T_ego=cam_T_ego,
+                )
+            )
+        return SampleRecord(
+            token=token,
+            scene_token=sample["scene_token"],
+            scene_name=self._scene_by_token[sample["scene_token"]]["name"],
+            location=self.location(sample["scene_token"]),
+            timestamp=sample["timestamp"],
+            global_T_ego=global_T_ego,
+            lidar=lidar,
+            cameras=tuple(cams),
+            _index=self,
+        )
+
+    def sweeps(self, rec: SampleRecord, n: int) -> list[LidarSweep]:
+        if n < 1:
+            raise OccfeatError(f"--sweeps must be >= 1, got {n}")
+        out = [rec.lidar]
+        ego_T_global = invert_rigid(rec.global_T_ego)
+        sd = self.nusc.get("sample_data", rec.lidar.token)
+        while len(out) < n and sd["prev"]:
+            sd = self.nusc.get("sample_data", sd["prev"])
+            global_T_egos, egos_T_lidar = self._sensor_to_global(sd)
+            out.append(
+                LidarSweep(
+                    token=sd["token"],
+                    path=self.dataroot / sd["filename"],
+                    timestamp=sd["timestamp"],
+                    ego_T_lidar=ego_T_global @ global_T_egos @ egos_T_lidar,
+                    is_key_frame=bool(sd["is_key_frame"]),
+                )
+            )
+        return out
+
+
+def read_points(path: str | os.PathLike) -> np.ndarray:
+    """(N, 5) float32 (x, y, z, intensity, ring) from a nuScenes ``.pcd.bin``, sensor frame.
+
+    Raises OccfeatError naming the file if it is missing or its size is not a multiple of 20 bytes.
+    """
+    p = Path(path)
+    try:
+        raw = np.fromfile(p, dtype=np.float32)
+    except FileNotFoundError as e:
+        raise OccfeatError(f"LiDAR file {p} is missing; restore it or rerun with --skip-bad") from e
+    if raw.size * 4 % POINT_BYTES:
+        raise OccfeatError(
+            f"LiDAR file {p} is truncated ({raw.size * 4} bytes, not a multiple of {POINT_BYTES}); "
+            "restore it or rerun with --skip-bad"
+        )
+    return raw.reshape(-1, 5)

@@ -1,0 +1,82 @@
+"""Pretrained weights for timm models (the DINOv2 teacher, ImageNet backbones), offline-first.
+
+Three sources, in this order:
+
+1. ``weights=PATH``: a local safetensors / .pth / .bin file, loaded through timm's own pretrained path
+   (``pretrained_cfg_overlay=dict(file=PATH)``), so timm's checkpoint filters apply (original DINOv2
+   checkpoints included).
+2. The Hugging Face cache / hub, through ``timm.create_model(name, pretrained=True)``. Set
+   ``HF_HUB_OFFLINE=1`` to use a pre-filled cache on a machine without network.
+3. ``random_init=True``: only when asked. The returned :class:`Provenance` says so, and every cache,
+   checkpoint and report row that depends on the model must carry it.
+
+Anything else is a one-line :class:`OccfeatError` saying how to provide weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+
+from occfeat.errors import OccfeatError
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a model's weights came from. ``pretrained=False`` means random init, on request."""
+
+    model: str
+    pretrained: bool
+    source: str  # "file:<path>", "hub", or "random-init"
+    sha256: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def create_timm_model(
+    name: str,
+    weights: str | Path | None = None,
+    random_init: bool = False,
+    weights_flag: str = "--weights",
+    random_flag: str = "--random-init",
+    **kwargs,
+) -> tuple[torch.nn.Module, Provenance]:
+    """``timm.create_model(name, **kwargs)`` with weights from a file, the HF cache/hub, or random init.
+
+    ``weights_flag``/``random_flag`` name the CLI options in the error message.
+    """
+    if not timm.is_model(name):
+        raise OccfeatError(f"timm has no model named '{name}'; see timm.list_models()")
+    if random_init:
+        return timm.create_model(name, pretrained=False, **kwargs), Provenance(name, False, "random-init")
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise OccfeatError(f"weights file {path} not found; pass an existing safetensors/.pth file to {weights_flag}")
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        except (RuntimeError, KeyError, ValueError, OSError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise OccfeatError(f"weights file {path} does not fit timm model '{name}': {first}") from e
+        return model, Provenance(name, True, f"file:{path.resolve()}", sha256_file(path))
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as e:  # noqa: BLE001 - hub/cache failures come as many types (OSError, HTTP, LocalEntryNotFound)
+        raise OccfeatError(
+            f"no weights for '{name}' offline: pass {weights_flag} PATH (safetensors/.pth), or fill the HF cache "
+            f"and set HF_HUB_OFFLINE=1, or ask for {random_flag} ({type(e).__name__})"
+        ) from e
+    return model, Provenance(name, True, "hub")
