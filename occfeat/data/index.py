@@ -39,6 +39,11 @@ CAMERAS: tuple[str, ...] = (
 )
 LIDAR = "LIDAR_TOP"
 VERSIONS = ("v1.0-mini", "v1.0-trainval", "v1.0-test")
+# The ego vehicle's body in the ego frame (origin: rear axle on the ground; x forward, y left, z up),
+# ((xmin, xmax), (ymin, ymax), (zmin, zmax)) in metres: a Renault Zoe (4.1 m x 1.8 m x 1.6 m, nuScenes'
+# car) with a margin, up to the LiDAR mount. LiDAR returns inside it are the car itself: the synthetic
+# world never produces them and voxelize drops them.
+EGO_BOX: tuple[tuple[float, float], tuple[float, float], tuple[float, float]] = ((-1.2, 3.6), (-1.1, 1.1), (-0.5, 2.0))
 # Bytes per LiDAR point in a nuScenes .pcd.bin: float32 x (x, y, z, intensity, ring).
 POINT_BYTES = 20
 
