@@ -1,0 +1,82 @@
+"""PNG plots for ``occfeat report`` (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from occfeat.errors import OccfeatError  # noqa: E402
+
+# One colour per class channel (up to the 5 map classes) for the BEV overlays.
+CLASS_COLORS = np.array([[0.55, 0.55, 0.55], [0.2, 0.6, 1.0], [1.0, 0.85, 0.1], [0.3, 0.8, 0.3], [1.0, 0.2, 0.2]])
+
+
+def plot_iou_vs_fraction(summary: pd.DataFrame, path: Path) -> Path:
+    """One panel per task; one line per (arch, backbone, input, pretraining) with std error bars."""
+    from occfeat.report import TASKS
+
+    tasks = [t for t in TASKS if (summary["task"] == t).any()]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sub = summary[summary["task"] == task]
+        for key, g in sub.groupby(["arch", "backbone", "input", "pretraining", "marks"], sort=True):
+            g = g.sort_values("fraction")
+            ax.errorbar(
+                g["fraction"] * 100, g["mean"] * 100, yerr=g["std"].fillna(0) * 100, marker="o", capsize=3,
+                label=f"{key[0]}/{key[1]} {key[2]}: {key[3]}{key[4]}",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training samples (%)")
+        ax.set_ylabel("IoU (x100)" if task == "vehicle" else "mean IoU (x100)")
+        ax.set_title(TASKS[task])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _overlay(masks: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """(C, X, Y) bool/prob → (Y, X, 3) RGB with x (forward) up: later classes paint over earlier ones."""
+    img = np.ones((*masks.shape[1:], 3))
+    for c in range(masks.shape[0]):
+        img[masks[c] >= 0.5] = CLASS_COLORS[c % len(CLASS_COLORS)]
+    if valid is not None:
+        img[~valid] = 0.15
+    # Array row = x; show x forward as up and y (left) as left.
+    return np.flip(img, axis=(0, 1))
+
+
+def plot_samples(npz_path: Path, path: Path) -> Path:
+    """A few val samples from a run's ``samples.npz``: camera mosaic | ground truth | prediction."""
+    try:
+        d = np.load(npz_path, allow_pickle=False)
+        cams, target, prob, valid = d["cameras"], d["target"], d["prob"], d["valid"]
+        classes = [str(c) for c in d["classes"]]
+    except (OSError, KeyError, ValueError) as e:
+        raise OccfeatError(f"{npz_path} is not a valid samples file ({type(e).__name__}); rerun occfeat evaluate on its run") from e
+    n = len(target)
+    fig, axes = plt.subplots(n, 3, figsize=(13, 3.4 * n), squeeze=False, gridspec_kw={"width_ratios": [2.2, 1, 1]})
+    for i in range(n):
+        s = cams[i]  # (S, h, w, 3) uint8 in CAMERAS order: front row 5,0,1 ; back row 4,3,2
+        top = np.concatenate([s[5], s[0], s[1]], axis=1)
+        bottom = np.concatenate([s[4], s[3], s[2]], axis=1)
+        axes[i, 0].imshow(np.concatenate([top, bottom], axis=0))
+        axes[i, 1].imshow(_overlay(target[i], valid[i]))
+        axes[i, 2].imshow(_overlay(prob[i].astype(np.float32)))
+        for ax, title in zip(axes[i], ["cameras", "ground truth", "prediction (p >= 0.5)"]):
+            ax.set_title(title if i == 0 else "")
+            ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLORS[c % len(CLASS_COLORS)]) for c in range(len(classes))]
+    fig.legend(handles, classes, loc="lower center", ncol=len(classes))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

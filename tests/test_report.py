@@ -1,0 +1,104 @@
+"""occfeat report on hand-made run dirs: table numbers, deltas, mean ± std, marks, errors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from occfeat.errors import OccfeatError
+from occfeat.report import pretraining_label, write_report
+
+OCCFEAT = {"mode": "occfeat", "epochs": 50, "lambda": 0.01}
+
+
+def _run(tmp_path, name, iou, task="vehicle", fraction=0.01, pretraining=None, seed=0, synthetic=False, samples=False):
+    d = tmp_path / name
+    d.mkdir()
+    m = {
+        "task": task, "fraction": fraction, "seed": seed, "arch": "simplebev", "backbone": "efficientnet_b0",
+        "input_size": [224, 400], "mean_iou": iou, "pretraining": pretraining or {"mode": "none"},
+        "provenance": {"synthetic_data": synthetic, "backbone_random_init": synthetic, "teacher_random_init": synthetic and pretraining is not None},
+    }
+    (d / "metrics.json").write_text(json.dumps(m))
+    if samples:
+        rng = np.random.default_rng(0)
+        np.savez(d / "samples.npz", cameras=rng.integers(0, 255, (2, 6, 8, 12, 3), dtype=np.uint8),
+                 target=rng.random((2, 1, 10, 10)) > 0.5, prob=rng.random((2, 1, 10, 10)).astype(np.float16),
+                 valid=np.ones((2, 10, 10), bool), classes=np.array(["vehicle"]), tokens=np.array(["a", "b"]))
+    return d
+
+
+def test_table_has_means_std_and_deltas_against_none(tmp_path):
+    runs = [
+        _run(tmp_path, "none-v1", 0.137),
+        _run(tmp_path, "occfeat-v1-s0", 0.24, pretraining=OCCFEAT, seed=0),
+        _run(tmp_path, "occfeat-v1-s1", 0.25, pretraining=OCCFEAT, seed=1),
+        _run(tmp_path, "none-m10", 0.281, task="map", fraction=0.1),
+        _run(tmp_path, "occfeat-m10", 0.337, task="map", fraction=0.1, pretraining=OCCFEAT, samples=True),
+    ]
+    out = write_report(runs, tmp_path / "report")
+    s = out["summary"].set_index(["pretraining", "task", "fraction"])
+    row = s.loc[("OccFeat (50 ep, λ=0.01)", "vehicle", 0.01)]
+    assert row["n"] == 2 and math.isclose(row["mean"], 0.245)
+    assert math.isclose(row["std"], np.std([0.24, 0.25], ddof=1))
+    assert math.isclose(row["delta"], 0.245 - 0.137)
+    assert math.isclose(s.loc[("OccFeat (50 ep, λ=0.01)", "map", 0.1)]["delta"], 0.337 - 0.281)
+    table = out["table"]
+    assert list(table.columns) == ["Vehicles 1%", "Map 10%"]
+    none_row, occ_row = table.index[0], table.index[1]
+    assert none_row[3] == "None"
+    assert table.loc[none_row, "Vehicles 1%"] == "13.7"
+    assert table.loc[occ_row, "Vehicles 1%"] == "24.5 ± 0.7 (+10.8)"
+    assert table.loc[occ_row, "Map 10%"] == "33.7 (+5.6)"
+    md = (tmp_path / "report" / "table.md").read_text()
+    assert "24.5 ± 0.7 (+10.8)" in md and "| Architecture |" in md
+    names = {p.name for p in out["files"]}
+    assert {"table.csv", "summary.csv", "iou_vs_fraction.png", "samples-occfeat-m10.png"} <= names
+    assert (tmp_path / "report" / "iou_vs_fraction.png").stat().st_size > 1000
+
+
+def test_synthetic_rows_are_marked_and_not_compared_with_real_ones(tmp_path):
+    runs = [
+        _run(tmp_path, "none-real", 0.137),
+        _run(tmp_path, "occfeat-synth", 0.5, pretraining=OCCFEAT, synthetic=True),
+    ]
+    out = write_report(runs, tmp_path / "r", plots=False)
+    labels = [k[3] for k in out["table"].index]
+    assert "OccFeat (50 ep, λ=0.01)§*‡" in labels
+    synth = out["summary"][out["summary"]["synthetic_data"]].iloc[0]
+    assert math.isnan(synth["delta"])  # no synthetic None row to compare with
+    assert any(line.startswith("§") for line in out["legend"])
+
+
+def test_bad_run_dirs_are_one_line_errors_naming_the_dir(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OccfeatError, match="empty has no metrics.json"):
+        write_report([empty], tmp_path / "r")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metrics.json").write_text("{not json")
+    with pytest.raises(OccfeatError, match="broken"):
+        write_report([broken], tmp_path / "r")
+    with pytest.raises(OccfeatError, match="not a directory"):
+        write_report([tmp_path / "missing"], tmp_path / "r")
+
+
+def test_pretraining_labels():
+    assert pretraining_label(None) == "None"
+    assert pretraining_label({"mode": "occ", "epochs": 100}) == "Occ (100 ep)"
+    assert pretraining_label(OCCFEAT) == "OccFeat (50 ep, λ=0.01)"
+
+
+def test_cli_prints_the_table_and_fails_in_one_line(tmp_path):
+    import cli.report  # noqa: F401 - registers the command
+    from cli.main import app
+
+    run = _run(tmp_path, "none", 0.137)
+    res = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r"), "--no-plots"])
+    assert res.exit_code == 0, res.output
+    assert "13.7" in res.output and (tmp_path / "r" / "table.md").is_file()
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "error:" in res.output and len(res.output.strip().splitlines()) == 1
