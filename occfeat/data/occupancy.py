@@ -1,0 +1,154 @@
+"""Occupancy grids: the numba kernels that make them and the reader every later stage uses.
+
+A voxel of the :class:`~occfeat.grid.BevGrid` is occupied when at least one LiDAR point falls inside it
+(paper §3.2, Fig. 3). Grids are ``(X, Y, Z)`` bool, index ``[x, y, z]`` from the minimum bound.
+
+On disk (written by :func:`occfeat.data.voxelize.build_occupancy`, schema in data/README.md) each grid
+is bit-packed along z with ``np.packbits`` (big bit order): ``(X, Y, ceil(Z / 8))`` uint8, 8x smaller
+than uint8 and unpacked in microseconds (measured in benchmarks/voxelize.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from occfeat.data.store import CacheReader
+from occfeat.errors import OccfeatError
+from occfeat.grid import BevGrid
+
+KIND = "occupancy"
+# How grids are packed on disk; stamped into the cache spec so a reader never guesses.
+PACKING = {"packing": "packbits", "packed_axis": "z", "bitorder": "big"}
+
+
+# ---- kernels ----
+@numba.njit(cache=True, nogil=True)
+def _mark_occupied(points, lower, size, nx, ny, nz, out):  # pragma: no cover - compiled
+    # Same float64 arithmetic as BevGrid.points_to_index ((p - lower) / size, floor, half-open range
+    # test), so both agree bit for bit. The range test runs on the float before any int cast: NaN fails
+    # every comparison and +-inf fails the range, so neither reaches the (undefined) cast.
+    for i in range(points.shape[0]):
+        fx = np.floor((np.float64(points[i, 0]) - lower[0]) / size[0])
+        if not (fx >= 0.0 and fx < nx):
+            continue
+        fy = np.floor((np.float64(points[i, 1]) - lower[1]) / size[1])
+        if not (fy >= 0.0 and fy < ny):
+            continue
+        fz = np.floor((np.float64(points[i, 2]) - lower[2]) / size[2])
+        if not (fz >= 0.0 and fz < nz):
+            continue
+        out[int(fx), int(fy), int(fz)] = True
+
+
+def voxelize_points(points: np.ndarray, grid: BevGrid, out: np.ndarray | None = None) -> np.ndarray:
+    """Occupancy of ego-frame points on ``grid``.
+
+    points: (N, >=3) float32/float64, ego frame (extra columns ignored). NaN, inf and out-of-bounds
+    points are ignored; cells are half-open exactly as :meth:`BevGrid.points_to_index`.
+    out: optional (X, Y, Z) bool array to OR into (e.g. to accumulate). Returns (X, Y, Z) bool.
+    """
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise ValueError(f"points must be (N, >=3), got {points.shape}")
+    if out is None:
+        out = np.zeros(grid.shape, dtype=np.bool_)
+    nx, ny, nz = grid.shape
+    _mark_occupied(points, grid.lower, grid.voxel_size, nx, ny, nz, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _transform_drop_box(raw, key_T_lidar, own_T_lidar, box, out, start):  # pragma: no cover - compiled
+    # One pass over a sweep: move each point into the key-frame ego frame (key_T_lidar) and into the
+    # ego frame of its own timestamp (own_T_lidar); drop it when it lies in the ego box in either frame
+    # (the car now, and the car when the sweep was taken - its own roof/body returns). Returns the new
+    # write position in ``out``.
+    k = start
+    for i in range(raw.shape[0]):
+        x, y, z = np.float64(raw[i, 0]), np.float64(raw[i, 1]), np.float64(raw[i, 2])
+        T = own_T_lidar
+        ox = T[0, 0] * x + T[0, 1] * y + T[0, 2] * z + T[0, 3]
+        oy = T[1, 0] * x + T[1, 1] * y + T[1, 2] * z + T[1, 3]
+        oz = T[2, 0] * x + T[2, 1] * y + T[2, 2] * z + T[2, 3]
+        if box[0, 0] <= ox < box[0, 1] and box[1, 0] <= oy < box[1, 1] and box[2, 0] <= oz < box[2, 1]:
+            continue
+        T = key_T_lidar
+        ex = T[0, 0] * x + T[0, 1] * y + T[0, 2] * z + T[0, 3]
+        ey = T[1, 0] * x + T[1, 1] * y + T[1, 2] * z + T[1, 3]
+        ez = T[2, 0] * x + T[2, 1] * y + T[2, 2] * z + T[2, 3]
+        if box[0, 0] <= ex < box[0, 1] and box[1, 0] <= ey < box[1, 1] and box[2, 0] <= ez < box[2, 1]:
+            continue
+        out[k, 0] = ex
+        out[k, 1] = ey
+        out[k, 2] = ez
+        k += 1
+    return k
+
+
+def transform_drop_box(
+    raws: list[np.ndarray], key_T_lidars: list[np.ndarray], own_T_lidars: list[np.ndarray], box: np.ndarray
+) -> np.ndarray:
+    """Concatenate sweeps in the key-frame ego frame, without ego-body returns.
+
+    raws: per sweep (N_i, >=3) float32 sensor-frame points; key_T_lidars / own_T_lidars: per sweep (4, 4)
+    into the key-frame ego frame / the sweep's own ego frame; box: (3, 2) [[min, max] per axis], half-open.
+    Returns (M, 3) float32, M <= sum N_i.
+    """
+    out = np.empty((sum(len(r) for r in raws), 3), dtype=np.float32)
+    k = 0
+    for raw, key_T, own_T in zip(raws, key_T_lidars, own_T_lidars):
+        k = _transform_drop_box(raw, np.ascontiguousarray(key_T, np.float64), np.ascontiguousarray(own_T, np.float64), box, out, k)
+    return out[:k]
+
+
+# ---- storage format ----
+def pack_occupancy(occ: np.ndarray) -> np.ndarray:
+    """(..., Z) bool → (..., ceil(Z/8)) uint8, bit-packed along z (big bit order)."""
+    return np.packbits(occ, axis=-1, bitorder="big")
+
+
+def unpack_occupancy(packed: np.ndarray, z: int) -> np.ndarray:
+    """Inverse of :func:`pack_occupancy`: (..., ceil(Z/8)) uint8 → (..., Z) bool."""
+    return np.unpackbits(packed, axis=-1, count=z, bitorder="big").view(np.bool_)
+
+
+class OccupancyReader:
+    """Occupancy grids of a finished ``occfeat voxelize`` cache, by sample token.
+
+    Refuses a file that is not an occupancy cache or was built on another grid (one-line error naming
+    both grids). Safe to create before DataLoader workers fork (the HDF5 file opens lazily per process).
+    """
+
+    def __init__(self, path: str | Path, grid: BevGrid):
+        self.path = Path(path)
+        self._cache = CacheReader(self.path, expect={"kind": KIND}, keys=["kind"])
+        spec = self._cache.spec
+        have = BevGrid.from_spec(spec["grid"])
+        if have != grid:
+            raise OccfeatError(
+                f"occupancy cache {self.path} was built on grid {have.to_json()} but this run uses grid "
+                f"{grid.to_json()}; rebuild it with `occfeat voxelize --grid` for this grid or pass the matching grid"
+            )
+        if spec.get("packing") != PACKING["packing"] or spec.get("packed_axis") != PACKING["packed_axis"]:
+            raise OccfeatError(f"{self.path} stores occupancy as {spec.get('packing')!r}, which this version cannot read; rebuild it")
+        self.grid = grid
+        self.sweeps: int = int(spec["sweeps"])
+        self.spec = spec
+
+    @property
+    def tokens(self) -> list[str]:
+        """Tokens with a grid (samples skipped as bad input left out), in the cache's order."""
+        return [t for t, i in self._cache.row.items() if self._cache.valid[i]]
+
+    def __contains__(self, token: str) -> bool:
+        return token in self._cache
+
+    def __len__(self) -> int:
+        return int(self._cache.valid.sum())
+
+    def get(self, token: str) -> np.ndarray:
+        """(X, Y, Z) bool occupancy of one sample."""
+        return unpack_occupancy(self._cache.get("occupancy", token), self.grid.shape[2])
