@@ -13,6 +13,7 @@ pickle); worker processes read, transform, voxelize and pack.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -23,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from occfeat import __version__
-from occfeat.data.index import EGO_BOX, LIDAR, SampleIndex, SampleRecord, read_points
+from occfeat.data.index import EGO_BOX, LIDAR, POINT_BYTES, SampleIndex, SampleRecord, read_points
 from occfeat.data.occupancy import KIND, PACKING, pack_occupancy, transform_drop_box, voxelize_points
 from occfeat.data.store import CacheWriter, Payload
 from occfeat.errors import OccfeatError
@@ -95,9 +96,23 @@ def sweep_job(rec: SampleRecord, sweeps: int = 1) -> SweepJob:
     )
 
 
+def _read_sweep(path: str) -> np.ndarray:
+    # read_points judges truncation from the float32 count, which hides a partial trailing float (a 41-byte
+    # file reads as 40 = 2 points); the byte size on disk is the real test.
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        size = 0  # read_points reports the missing file
+    if size % POINT_BYTES:
+        raise OccfeatError(
+            f"LiDAR file {path} is truncated ({size} bytes, not a multiple of {POINT_BYTES}); restore it or rerun with --skip-bad"
+        )
+    return read_points(path)
+
+
 def job_points(job: SweepJob) -> np.ndarray:
     """(N, 3) float32 key-frame ego points of a job: read + transform + ego-body drop, no voxelization."""
-    raws = [read_points(p) for p in job.paths]
+    raws = [_read_sweep(p) for p in job.paths]
     return transform_drop_box(raws, list(job.key_T_lidar), list(job.own_T_lidar), _EGO_BOX)
 
 
