@@ -1,0 +1,108 @@
+"""OccFeat losses (paper §3.2-3.3, eqs. 1-3) and the downstream segmentation loss.
+
+The terms are pure functions you can test alone; :class:`OccFeatLoss` combines them per the Table 3
+modes. Layouts follow occfeat.grid: occupancy targets (B, X, Y, Z), head logits (B, Z, X, Y).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from occfeat.errors import OccfeatError
+
+MODES = ("both", "occ", "feat")
+
+
+def occupancy_loss(occ_logits: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: L_occ = mean over ALL voxels of BCE(sigmoid(logit), O).
+
+    occ_logits (B, Z, X, Y) from the unsplat head; occupancy (B, X, Y, Z) bool/0-1 from the cache.
+    The (X, Y, Z) → (Z, X, Y) permute happens here, once.
+    """
+    target = occupancy.permute(0, 3, 1, 2)
+    assert target.shape == occ_logits.shape, (
+        f"occupancy (B, X, Y, Z) {tuple(occupancy.shape)} does not fit occ_logits (B, Z, X, Y) {tuple(occ_logits.shape)}"
+    )
+    return F.binary_cross_entropy_with_logits(occ_logits.float(), target.float())
+
+
+def feature_distillation_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: L_feat = -mean cosine(Ŷ_v, Y_v) over the occupied voxels v that have a valid target.
+
+    pred (M, C) predicted features, target (M, C) teacher features, valid (M,) bool (False = no camera
+    sees the voxel). Returns 0, still attached to the graph, when nothing is valid.
+    """
+    assert pred.shape == target.shape and pred.ndim == 2, f"pred {tuple(pred.shape)} / target {tuple(target.shape)} must be equal (M, C)"
+    assert valid.shape == pred.shape[:1], f"valid {tuple(valid.shape)} must be (M,) for M={pred.shape[0]}"
+    cos = F.cosine_similarity(pred.float(), target.float(), dim=-1, eps=1e-8)
+    v = valid.to(cos.dtype)
+    return -(cos * v).sum() / v.sum().clamp(min=1.0)
+
+
+class OccFeatLoss(nn.Module):
+    """Eq. 1: L = L_occ + λ·L_feat (λ = 0.01 in the paper, Table 4 sweeps it).
+
+    mode "both" | "occ" | "feat" selects the terms (Table 3). forward returns (total, terms) with terms
+    {"loss", "loss_occ", "loss_feat"} detached for logging; a term that is off and not given reads 0.
+    """
+
+    def __init__(self, mode: str = "both", lam: float = 0.01):
+        super().__init__()
+        if mode not in MODES:
+            raise OccfeatError(f"loss mode '{mode}' unknown; choose one of {', '.join(MODES)}")
+        if not lam >= 0:
+            raise OccfeatError(f"loss weight lambda={lam} must be >= 0")
+        self.mode, self.lam = mode, float(lam)
+        self.use_occ, self.use_feat = mode in ("both", "occ"), mode in ("both", "feat")
+
+    def forward(
+        self,
+        occ_logits: torch.Tensor | None = None,
+        occupancy: torch.Tensor | None = None,
+        pred_feats: torch.Tensor | None = None,
+        target_feats: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """occ_logits (B, Z, X, Y), occupancy (B, X, Y, Z); pred_feats/target_feats (M, N_y), valid (M,)."""
+        l_occ = l_feat = None
+        if occ_logits is not None and occupancy is not None:
+            l_occ = occupancy_loss(occ_logits, occupancy)
+        elif self.use_occ:
+            raise OccfeatError(f"loss mode '{self.mode}' needs occ_logits and occupancy")
+        if pred_feats is not None and target_feats is not None and valid is not None:
+            l_feat = feature_distillation_loss(pred_feats, target_feats, valid)
+        elif self.use_feat:
+            raise OccfeatError(f"loss mode '{self.mode}' needs pred_feats, target_feats and valid")
+        if self.mode == "occ":
+            total = l_occ
+        elif self.mode == "feat":
+            total = l_feat
+        else:
+            total = l_occ + self.lam * l_feat
+        zero = total.detach() * 0
+        terms = {
+            "loss": total.detach(),
+            "loss_occ": l_occ.detach() if l_occ is not None else zero,
+            "loss_feat": l_feat.detach() if l_feat is not None else zero,
+        }
+        return total, terms
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, pos_weight: float | None = None
+) -> torch.Tensor:
+    """BCE-with-logits averaged over the valid BEV cells (finetuning, Simple-BEV's objective).
+
+    logits (B, n, X, Y); target (B, n, X, Y) bool/0-1; valid (B, 1|n, X, Y) bool or None (all valid),
+    False e.g. on vehicles excluded for low visibility; pos_weight up-weights positives (Simple-BEV: 2.13
+    for vehicles). Returns 0, still attached to the graph, when no cell is valid.
+    """
+    assert logits.shape == target.shape, f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must match"
+    pw = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device, dtype=torch.float32)
+    per_cell = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none", pos_weight=pw)
+    if valid is None:
+        return per_cell.mean()
+    v = valid.to(per_cell.dtype).expand_as(per_cell)
+    return (per_cell * v).sum() / v.sum().clamp(min=1.0)

@@ -1,0 +1,91 @@
+"""Image encoder E_I (paper §3.1): a timm ``features_only`` backbone whose multi-scale features are fused
+to one map at the finest requested stride (Simple-BEV: 1/8 of the input), as in Simple-BEV's
+``Encoder_eff`` / ``Encoder_res*``: upsample the deeper levels, concatenate, convolve.
+
+Images come in as ``(B, S, 3, H, W)`` floats in [0, 1]; the encoder normalises them with its backbone's
+own mean/std (timm ``pretrained_cfg``), kept as buffers so they follow ``.to(device)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from occfeat.errors import OccfeatError
+from occfeat.weights import create_timm_model
+
+
+def _conv_in_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.InstanceNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class FeatureFusion(nn.Module):
+    """Upsample every level to the first (finest) level's size, concatenate, two 3x3 convs, 1x1 out.
+
+    levels: list of (B, C_i, H_i, W_i), finest first → (B, out_channels, H_0, W_0).
+    """
+
+    def __init__(self, in_channels: list[int], hidden: int, out_channels: int):
+        super().__init__()
+        self.fuse = nn.Sequential(*_conv_in_relu(sum(in_channels), hidden), *_conv_in_relu(hidden, hidden))
+        self.out = nn.Conv2d(hidden, out_channels, 1)
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        size = levels[0].shape[-2:]
+        # bilinear, align_corners=False: the same pixel-centre convention the lift's grid_sample uses
+        up = [levels[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in levels[1:]]
+        return self.out(self.fuse(torch.cat(up, dim=1)))
+
+
+class ImageEncoder(nn.Module):
+    """timm backbone + fusion: images (B, S, 3, H, W) in [0, 1] → features (B, S, C, H/s, W/s).
+
+    ``strides`` are the backbone reductions to fuse, finest first (its first entry is the output stride).
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        out_channels: int,
+        fuse_channels: int,
+        strides: tuple[int, ...] = (8, 16),
+        weights: str | None = None,
+        random_init: bool = False,
+    ):
+        super().__init__()
+        strides = tuple(sorted(int(s) for s in strides))
+        if not strides or any(s < 2 or (s & (s - 1)) for s in strides):
+            raise OccfeatError(f"encoder strides {strides} must be powers of two >= 2 (e.g. 8,16)")
+        # timm CNNs number their feature levels by reduction 2, 4, 8, 16, 32 → index log2(s) - 1;
+        # asking only for the needed levels lets timm drop the deeper stages.
+        out_indices = tuple(int(math.log2(s)) - 1 for s in strides)
+        self.backbone, self.provenance = create_timm_model(
+            backbone,
+            weights=weights,
+            random_init=random_init,
+            weights_flag="--backbone-weights",
+            random_flag="random_init=true",
+            features_only=True,
+            out_indices=out_indices,
+        )
+        got = tuple(self.backbone.feature_info.reduction())
+        if got != strides:
+            raise OccfeatError(f"backbone '{backbone}' gives feature strides {got}, not {strides}; pick another backbone or strides")
+        self.stride = strides[0]
+        self.out_channels = out_channels
+        self.fusion = FeatureFusion(list(self.backbone.feature_info.channels()), fuse_channels, out_channels)
+        cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, S, 3, H, W) in [0, 1] → (B, S, C, Hf, Wf)."""
+        assert images.ndim == 5 and images.shape[2] == 3, f"images must be (B, S, 3, H, W), got {tuple(images.shape)}"
+        B, S = images.shape[:2]
+        x = (images.flatten(0, 1) - self.mean) / self.std
+        feats = self.fusion(self.backbone(x))
+        return feats.unflatten(0, (B, S))

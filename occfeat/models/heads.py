@@ -1,0 +1,79 @@
+"""Heads on top of F_B (B, N_B, X, Y): the OccFeat pretraining head (thrown away after pretraining) and
+the downstream segmentation head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class UnsplatHead(nn.Module):
+    """The "unsplatting" decoder D_V with its two predictors, exactly paper §3.2-3.3.
+
+    D_V: Conv2d 3x3 N_B→N_B + InstanceNorm + ReLU; Conv2d 1x1 N_B→N_B·Z_B; reshape the channels into Z_B
+    groups of N_B channels → (B, N_B, Z_B, X, Y); Conv3d 1x1x1 N_B→2N_B + Softplus; Conv3d 1x1x1 2N_B→N_B
+    = F_V. Occupancy: Conv3d 1x1x1 N_B→1 (sigmoid inside the BCE-with-logits loss). Features: Conv3d
+    1x1x1 N_B→N_y, applied only where asked (:meth:`predict_features`).
+    """
+
+    def __init__(self, bev_channels: int = 128, z_bins: int = 8, feature_dim: int = 384):
+        super().__init__()
+        self.bev_channels, self.z_bins, self.feature_dim = bev_channels, z_bins, feature_dim
+        nb = bev_channels
+        self.bev = nn.Sequential(
+            nn.Conv2d(nb, nb, kernel_size=3, padding=1),
+            nn.InstanceNorm2d(nb),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(nb, nb * z_bins, kernel_size=1),
+        )
+        self.volume = nn.Sequential(
+            nn.Conv3d(nb, 2 * nb, kernel_size=1),
+            nn.Softplus(),
+            nn.Conv3d(2 * nb, nb, kernel_size=1),
+        )
+        self.occupancy = nn.Conv3d(nb, 1, kernel_size=1)
+        self.features = nn.Conv3d(nb, feature_dim, kernel_size=1)
+
+    def unsplat(self, bev: torch.Tensor) -> torch.Tensor:
+        """(B, N_B, X, Y) → (B, N_B, Z_B, X, Y): channel group z (channels z·N_B ... (z+1)·N_B - 1) is height bin z."""
+        B, _, X, Y = bev.shape
+        x = self.bev(bev).view(B, self.z_bins, self.bev_channels, X, Y)
+        return x.transpose(1, 2)
+
+    def forward(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
+        """bev F_B (B, N_B, X, Y) → {"occ_logits": (B, Z, X, Y), "volume": F_V (B, N_B, Z, X, Y)}."""
+        assert bev.ndim == 4 and bev.shape[1] == self.bev_channels, f"expected (B, {self.bev_channels}, X, Y), got {tuple(bev.shape)}"
+        volume = self.volume(self.unsplat(bev))
+        return {"occ_logits": self.occupancy(volume)[:, 0], "volume": volume}
+
+    def predict_features(self, volume: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Ŷ at the requested voxels only: volume (B, N_B, Z, X, Y), idx (M, 4) long [b, x, y, z] → (M, N_y).
+
+        Equal to the dense Conv3d 1x1x1 gathered at idx, without the (B, N_y, Z, X, Y) volume (2 GB per
+        sample at 384 x 8 x 200 x 200 in float32).
+        """
+        assert idx.ndim == 2 and idx.shape[1] == 4, f"idx must be (M, 4) [b, x, y, z], got {tuple(idx.shape)}"
+        b, x, y, z = idx.unbind(1)
+        picked = volume[b, :, z, x, y]  # advanced indices around a slice → (M, N_B)
+        w = self.features.weight.view(self.feature_dim, self.bev_channels)
+        return F.linear(picked, w, self.features.bias)
+
+
+class SegmentationHead(nn.Module):
+    """F_B (B, N_B, X, Y) → logits (B, n_classes, X, Y); Simple-BEV's head: conv3x3-norm-ReLU-conv1x1.
+
+    InstanceNorm as in Simple-BEV (BatchNorm statistics are poor at its per-GPU batch of 1-4 samples).
+    """
+
+    def __init__(self, bev_channels: int = 128, n_classes: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(bev_channels, bev_channels, 3, padding=1, bias=False),
+            nn.InstanceNorm2d(bev_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(bev_channels, n_classes, 1),
+        )
+
+    def forward(self, bev: torch.Tensor) -> torch.Tensor:
+        return self.net(bev)

@@ -1,0 +1,41 @@
+"""SimpleBEV (Harley et al., ICRA 2023; paper §3.1, §4.1): image encoder → parameter-free voxel lift →
+BEV compressor over the height axis → ResNet-18 BEV decoder → F_B (B, N_B, X, Y)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from occfeat.grid import BevGrid
+from occfeat.models.base import BevNetwork, NetworkConfig, unpack_batch
+from occfeat.models.decoder import BevDecoder
+from occfeat.models.encoder import ImageEncoder
+from occfeat.models.lift import VoxelLift
+
+
+class SimpleBev(BevNetwork):
+    def __init__(self, cfg: NetworkConfig, grid: BevGrid):
+        super().__init__()
+        self.grid = grid
+        self.bev_channels = cfg.bev_channels
+        self.encoder = ImageEncoder(
+            cfg.backbone, cfg.image_channels, cfg.fuse_channels, cfg.encoder_strides, cfg.backbone_weights, cfg.random_init
+        )
+        self.provenance = self.encoder.provenance
+        self.lift = VoxelLift(grid)
+        Z = grid.shape[2]
+        # (B, C, Z, X, Y) → (B, C·Z, X, Y) → 3x3 conv: the height axis folded into channels, as Simple-BEV
+        self.compress = nn.Sequential(
+            nn.Conv2d(cfg.image_channels * Z, cfg.bev_channels, 3, padding=1, bias=False),
+            nn.InstanceNorm2d(cfg.bev_channels),
+            nn.GELU(),
+        )
+        self.decoder = BevDecoder(cfg.bev_channels)
+
+    def forward_bev(self, batch: dict) -> torch.Tensor:
+        """batch (see occfeat.models.base) → F_B (B, N_B, X, Y)."""
+        images, K, cam_T_ego = unpack_batch(batch)
+        feats = self.encoder(images)  # (B, S, C, Hf, Wf)
+        volume = self.lift(feats, K, cam_T_ego, tuple(images.shape[-2:]))  # (B, C, Z, X, Y)
+        bev = self.compress(volume.flatten(1, 2))
+        return self.decoder(bev)

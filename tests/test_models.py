@@ -1,0 +1,153 @@
+"""BEV networks, the voxel lift and the unsplat head: shapes, gradients, geometry against hand-computed
+projections, and the head's layers exactly as paper §3.2-3.3."""
+
+import pytest
+import torch
+from torch import nn
+
+from occfeat.errors import OccfeatError
+from occfeat.grid import BevGrid
+from occfeat.models import NETWORKS, NetworkConfig, SegmentationHead, UnsplatHead, build_network
+from occfeat.models.lift import VoxelLift
+
+# camera axes (x right, y down, z forward) from ego axes (x forward, y left, z up)
+FRONT = torch.tensor([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+BACK = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
+
+
+def cam_T_ego(R: torch.Tensor) -> torch.Tensor:
+    T = torch.eye(4)
+    T[:3, :3] = R
+    return T
+
+
+def tiny_batch(B=1, S=2, H=64, W=112) -> dict:
+    K = torch.tensor([[60.0, 0.0, W / 2], [0.0, 60.0, H / 2], [0.0, 0.0, 1.0]])
+    poses = torch.stack([cam_T_ego(FRONT if s % 2 == 0 else BACK) for s in range(S)])
+    return {"images": torch.rand(B, S, 3, H, W), "K": K.expand(B, S, 3, 3).clone(), "cam_T_ego": poses.expand(B, S, 4, 4).clone()}
+
+
+def tiny_cfg(**kw) -> NetworkConfig:
+    base = dict(random_init=True, bev_channels=16, image_channels=16, fuse_channels=16, bevformer_layers=1, bevformer_ffn_dim=32)
+    return NetworkConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_b0", "resnet50"])
+@pytest.mark.parametrize("arch", sorted(NETWORKS))
+def test_network_forward_shape_and_encoder_gradients(arch, backbone, test_grid):
+    net = build_network(tiny_cfg(arch=arch, backbone=backbone), test_grid)
+    assert net.provenance.pretrained is False and net.provenance.source == "random-init"
+    bev = net.forward_bev(tiny_batch())
+    X, Y, _ = test_grid.shape
+    assert bev.shape == (1, 16, X, Y) and torch.isfinite(bev).all()
+    (bev**2).mean().backward()
+    first = next(p for p in net.encoder.backbone.parameters() if p.ndim == 4)  # the stem conv
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_encoder_normalises_with_backbone_stats(test_grid):
+    net = build_network(tiny_cfg(), test_grid)
+    mean = net.encoder.backbone.pretrained_cfg["mean"]
+    assert torch.allclose(net.encoder.mean.flatten(), torch.tensor(mean))
+    assert net.encoder.stride == 8
+
+
+def test_lift_samples_expected_feature_and_masks():
+    # 21 voxels along ego x (centres -10 .. 10 m) at y = -2, z = 1
+    grid = BevGrid(bounds=((-10.5, 10.5), (-2.5, -1.5), (0.5, 1.5)), shape=(21, 1, 1))
+    H, W, Hf, Wf = 16, 32, 8, 16  # features at half the image resolution: K must be scaled by 1/2
+    K = torch.tensor([[8.0, 0.0, 16.0], [0.0, 8.0, 8.0], [0.0, 0.0, 1.0]])
+    # camera 0 (front): features = their own pixel-centre coordinates (u, v), linear so bilinear is exact
+    v, u = torch.meshgrid(torch.arange(Hf) + 0.5, torch.arange(Wf) + 0.5, indexing="ij")
+    f0 = torch.stack([u, v])
+    f1 = torch.stack([torch.full((Hf, Wf), 100.0), torch.full((Hf, Wf), 200.0)])  # front, constant
+    f2 = torch.full((2, Hf, Wf), 7.0)  # back camera, constant
+    feats = torch.stack([f0, f1, f2])[None]  # (1, 3, 2, Hf, Wf)
+    poses = torch.stack([cam_T_ego(FRONT), cam_T_ego(FRONT), cam_T_ego(BACK)])[None]
+    vol = VoxelLift(grid)(feats, K.expand(1, 3, 3, 3), poses, (H, W))
+    assert vol.shape == (1, 2, 1, 21, 1)
+    # voxel (10, -2, 1): camera (2, -1, 10) → image (8·2/10 + 16, 8·-1/10 + 8) = (17.6, 7.2) → features (8.8, 3.6);
+    # front cameras 0 and 1 see it, the back camera does not → mean of the two
+    assert torch.allclose(vol[0, :, 0, 20, 0], torch.tensor([(8.8 + 100) / 2, (3.6 + 200) / 2]), atol=1e-4)
+    # voxel (-10, -2, 1): only the back camera sees it
+    assert torch.allclose(vol[0, :, 0, 0, 0], torch.tensor([7.0, 7.0]))
+    # voxel at x = 0: depth 0 for every camera → seen by none → 0
+    assert torch.all(vol[0, :, 0, 10, 0] == 0)
+
+
+def test_bevformer_camera_visibility(test_grid):
+    net = build_network(tiny_cfg(arch="bevformer"), test_grid)
+    b = tiny_batch(S=1)  # one front camera
+    views, count = net.camera_views(b["K"], b["cam_T_ego"], (64, 112), (8, 14))
+    X, Y, _ = test_grid.shape
+    count = count.view(X, Y)
+    xs = torch.from_numpy(test_grid.axis_centers(0))
+    assert torch.all(count[xs < 0] == 0)  # behind the only camera
+    assert count[xs > 1].sum() > 0 and count.max() == 1
+    assert views[0].keep.sum() == count.sum()
+
+
+def test_unsplat_head_layers_exactly_as_paper():
+    nb, z, ny = 8, 4, 12
+    head = UnsplatHead(nb, z, ny)
+    c1, norm, act, c2 = head.bev
+    assert isinstance(c1, nn.Conv2d) and c1.kernel_size == (3, 3) and (c1.in_channels, c1.out_channels) == (nb, nb)
+    assert isinstance(norm, nn.InstanceNorm2d) and isinstance(act, nn.ReLU)
+    assert isinstance(c2, nn.Conv2d) and c2.kernel_size == (1, 1) and c2.out_channels == nb * z
+    c3, soft, c4 = head.volume
+    assert isinstance(c3, nn.Conv3d) and c3.kernel_size == (1, 1, 1) and (c3.in_channels, c3.out_channels) == (nb, 2 * nb)
+    assert isinstance(soft, nn.Softplus)
+    assert isinstance(c4, nn.Conv3d) and c4.kernel_size == (1, 1, 1) and (c4.in_channels, c4.out_channels) == (2 * nb, nb)
+    for conv, cout in ((head.occupancy, 1), (head.features, ny)):
+        assert isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1) and (conv.in_channels, conv.out_channels) == (nb, cout)
+    out = head(torch.randn(2, nb, 5, 6))
+    assert out["occ_logits"].shape == (2, z, 5, 6) and out["volume"].shape == (2, nb, z, 5, 6)
+
+
+def test_unsplat_reshape_groups_channels_per_height_bin():
+    nb, z = 3, 4
+    head = UnsplatHead(nb, z, 5)
+    conv = head.bev[3]
+    with torch.no_grad():  # output channel k = k everywhere
+        conv.weight.zero_()
+        conv.bias.copy_(torch.arange(nb * z, dtype=torch.float32))
+    vol = head.unsplat(torch.randn(1, nb, 2, 2))
+    for zi in range(z):
+        for c in range(nb):
+            assert torch.all(vol[0, c, zi] == zi * nb + c)  # group zi holds channels zi·N_B .. zi·N_B + N_B - 1
+
+
+def test_predict_features_equals_dense_conv():
+    torch.manual_seed(0)
+    head = UnsplatHead(8, 4, 12)
+    volume = torch.randn(2, 8, 4, 5, 6)
+    dense = head.features(volume)  # (B, N_y, Z, X, Y)
+    idx = torch.stack([torch.randint(0, n, (30,)) for n in (2, 5, 6, 4)], 1)  # [b, x, y, z]
+    got = head.predict_features(volume, idx)
+    b, x, y, zz = idx.unbind(1)
+    assert got.shape == (30, 12)
+    assert torch.allclose(got, dense[b, :, zz, x, y], atol=1e-5)
+
+
+def test_segmentation_head_shape():
+    assert SegmentationHead(16, 3)(torch.randn(2, 16, 7, 9)).shape == (2, 3, 7, 9)
+
+
+def test_bad_inputs_are_one_line_errors(test_grid):
+    with pytest.raises(OccfeatError, match="unknown network arch"):
+        build_network(tiny_cfg(arch="lss"), test_grid)
+    with pytest.raises(OccfeatError, match="divisible"):
+        build_network(tiny_cfg(arch="bevformer", bev_channels=10), test_grid)
+    net = build_network(tiny_cfg(), test_grid)
+    b = tiny_batch()
+    with pytest.raises(OccfeatError, match="lacks key"):
+        net.forward_bev({"images": b["images"]})
+    with pytest.raises(OccfeatError, match="do not fit"):
+        net.forward_bev({**b, "K": b["K"][:, :1]})
+
+
+def test_bf16_autocast_forward_is_finite(test_grid):
+    net = build_network(tiny_cfg(), test_grid)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bev = net.forward_bev(tiny_batch(S=1))
+    assert torch.isfinite(bev.float()).all()
