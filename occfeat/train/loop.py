@@ -11,7 +11,8 @@ A *task* says what is trained and how the loss is computed; the loop owns everyt
 - ``task.checkpoint_payload() -> dict`` / ``task.load_checkpoint_payload(d)``: what goes in a checkpoint
   beside the loop state (model parts, provenance); ``task.config_dict() -> dict``: the resolved config,
   with the :class:`TrainConfig` under ``"train"``;
-- optional ``task.find_unused_parameters`` (bool) for DDP when a loss leaves some parameters unused.
+- optional ``task.find_unused_parameters`` (bool) for DDP when a loss leaves some parameters unused;
+- optional ``task.run_files() -> {name: text}``: extra files for the run dir (e.g. provenance.json).
 
 Run dir: ``config.yaml``, ``metrics.jsonl`` (one row per logging step), ``checkpoints/last.pt`` (the
 full state, rewritten atomically every epoch) and ``checkpoints/epoch_NNN.pt`` (task payload + config +
@@ -264,6 +265,8 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
     if env.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        for name, text in getattr(task, "run_files", dict)().items():
+            (run_dir / name).write_text(text)
 
     model = task.model.to(device)
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
