@@ -9,6 +9,7 @@ from occfeat.grid import BevGrid
 pytest_plugins = [
     "tests.fixtures.synth",
     "tests.fixtures.occupancy",
+    "tests.fixtures.features",
 ]
 
 # A small grid for CPU tests: same height bins as the paper's grid, 1 m cells over +-25 m.

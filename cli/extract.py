@@ -1,0 +1,56 @@
+"""``occfeat extract``: teacher (DINOv2) patch features of every key-frame camera image → HDF5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cli.common import console, one_line_errors
+from cli.main import app
+from occfeat.data.extract import DEFAULTS
+from occfeat.errors import OccfeatError
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """``"224x406"`` → (224, 406) as (HEIGHT, WIDTH), the order of timm's img_size and the paper's 224x400."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+    except ValueError:
+        raise OccfeatError(f"--input-size must look like HEIGHTxWIDTH with positive integers (e.g. 224x406), got '{text}'") from None
+    return h, w
+
+
+@app.command("extract")
+@one_line_errors
+def extract(
+    dataroot: Path = typer.Option(..., help="nuScenes-format dataroot (the folder holding VERSION/)."),
+    version: str = typer.Option(..., help="Dataset version folder, e.g. v1.0-trainval."),
+    out: Path = typer.Option(..., help="Output HDF5 file (parts are kept in OUT.parts/ until it is complete)."),
+    split: str = typer.Option("train", help="Split name (official, custom from splits.json, or 'all')."),
+    teacher: str = typer.Option(DEFAULTS.teacher, help="timm ViT name of the frozen teacher."),
+    weights: Path = typer.Option(None, help="Teacher weights file (safetensors/.pth, original DINOv2 checkpoints too)."),
+    random_teacher: bool = typer.Option(False, "--random-teacher", help="Random-init teacher (tests/demos only; stamped into the file)."),
+    input_size: str = typer.Option("x".join(map(str, DEFAULTS.input_size)), help="Teacher input HEIGHTxWIDTH, multiples of the patch size."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per forward pass."),
+    device: str = typer.Option(DEFAULTS.device, help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(DEFAULTS.workers, help="DataLoader workers decoding JPEGs."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Mark samples with a missing/corrupt image invalid instead of stopping."),
+) -> None:
+    """DINOv2 teacher features of every key-frame camera image, (6, Hp, Wp, C) float16 per sample."""
+    from occfeat.data.extract import extract_features
+
+    if weights is not None and random_teacher:
+        raise OccfeatError("--weights and --random-teacher contradict each other; pass one")
+    s = extract_features(
+        dataroot, version, split, out, teacher=teacher, weights=weights, random_teacher=random_teacher,
+        input_size=parse_hw(input_size), batch_size=batch_size, device=device, workers=workers, skip_bad=skip_bad,
+    )
+    done = "already complete" if s.computed == 0 else f"{s.computed} samples in {s.seconds:.1f} s ({s.images_per_s:.1f} images/s)"
+    console.print(f"{s.out}: {s.samples} samples x {s.feature_shape} float16, {done}")
+    if s.skipped:
+        console.print(f"[yellow]skipped {len(s.skipped)} samples with unreadable images[/yellow] (valid=False in the file)")
+    if not s.provenance.pretrained:
+        console.print("[yellow]random-init teacher[/yellow]: pretrained=False is stamped in the file")
