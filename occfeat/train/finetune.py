@@ -10,17 +10,28 @@ network on a fraction of the labels (paper §4.1 "Finetuning", Table 1).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from occfeat.config import merge, parse_overrides, read_recipe
-from occfeat.data.gt import GtConfig, check_task
+import torch
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from occfeat.config import merge, parse_overrides, read_recipe, to_dict
+from occfeat.data.gt import GtConfig, build_gt_cache, check_task, default_gt_path
+from occfeat.data.index import SampleIndex
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
-from occfeat.models import NetworkConfig
-from occfeat.train.loop import TrainConfig
+from occfeat.losses import segmentation_loss
+from occfeat.models import BevNetwork, NetworkConfig, SegmentationHead, build_network
+from occfeat.train.data import AugmentConfig, CameraRig, camera_rig, load_cameras, sample_rng
+from occfeat.train.evaluate import evaluate, write_metrics
+from occfeat.train.loop import TrainConfig, fit, load_checkpoint
 
 # Paper §4.1: epochs / starting lr / batch size / gradient accumulation per label fraction, with AdamW,
 # OneCycle and weight decay 1e-7. A fraction between two rows takes the next larger row.
@@ -46,6 +57,8 @@ class FinetuneConfig:
     input_size: tuple[int, int] = (224, 400)
     """(H, W) of the camera images fed to the network."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**FINETUNE_OPTIM, **FRACTION_DEFAULTS[1.0]))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Simple-BEV's random resize + crop jitter on the training images (never on evaluation)."""
     gt: GtConfig = field(default_factory=GtConfig)
     eval_every: int = 0
     """Also evaluate on the val split every this many epochs (0: only after training)."""
@@ -113,11 +126,304 @@ def read_tokens(path: Path) -> list[str]:
 
 def config_as_dict(cfg: FinetuneConfig) -> dict:
     """JSON-able resolved config (what config.yaml and checkpoints hold)."""
-    from occfeat.config import to_dict
-
     return to_dict(cfg)
 
 
 def config_from_dict(d: dict) -> FinetuneConfig:
     """Inverse of :func:`config_as_dict` (for ``occfeat evaluate``)."""
     return merge(FinetuneConfig(), d, where="run config")
+
+
+# ---------------------------------------------------------------- model, data, task
+
+# Simple-BEV's positive weight for the rare vehicle cells; map classes use plain BCE.
+TASK_POS_WEIGHT: dict[str, float | None] = {"vehicle": 2.13, "map": None}
+
+
+class SegmentationModel(nn.Module):
+    """BEV network + :class:`SegmentationHead`: batch → logits (B, n_classes, X, Y)."""
+
+    def __init__(self, network: BevNetwork, n_classes: int):
+        super().__init__()
+        self.network = network
+        self.head = SegmentationHead(network.bev_channels, n_classes)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head(self.network.forward_bev(batch))
+
+
+class SegmentationDataset(Dataset):
+    """Item: ``images`` (S, 3, H, W) [0, 1], ``K`` (S, 3, 3) of those images, ``cam_T_ego`` (S, 4, 4),
+    ``target`` (C, X, Y) bool, ``valid`` (X, Y) bool, ``token``. Augmentation draws from
+    (seed, epoch, index) only (see occfeat.train.data)."""
+
+    def __init__(self, rigs: list[CameraRig], gt, input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0):
+        self.rigs, self.gt = rigs, gt
+        self.input_hw, self.augment, self.seed = tuple(input_hw), augment, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rigs)
+
+    def __getitem__(self, i: int) -> dict:
+        rig = self.rigs[i]
+        images, K = load_cameras(rig, self.input_hw, self.augment, sample_rng(self.seed, self.epoch, i))
+        target, valid = self.gt[rig.token]
+        return {
+            "token": rig.token,
+            "images": images,
+            "K": K,
+            "cam_T_ego": torch.from_numpy(rig.cam_T_ego).float(),
+            "target": torch.from_numpy(target),
+            "valid": torch.from_numpy(valid),
+        }
+
+
+def segmentation_set(
+    index: SampleIndex, tokens: list[str], cfg: FinetuneConfig, gt_folder: Path, train: bool, progress: bool = True
+) -> SegmentationDataset:
+    """The dataset of ``tokens`` of ``index``'s split, with the split's ground truth cached in ``gt_folder``."""
+    gt_path = default_gt_path(gt_folder, index, cfg.grid, cfg.task, cfg.gt)
+    gt = build_gt_cache(index, cfg.grid, cfg.task, gt_path, cfg.gt, progress=progress)
+    rigs = [camera_rig(index.record(t)) for t in tokens]
+    augment = cfg.augment if train else dataclasses.replace(cfg.augment, enabled=False)
+    return SegmentationDataset(rigs, gt, cfg.input_size, augment, seed=cfg.train.seed)
+
+
+class FinetuneTask:
+    """The finetuning task for :func:`occfeat.train.loop.fit`."""
+
+    def __init__(self, cfg: FinetuneConfig, model: SegmentationModel, train_set: SegmentationDataset, stamp: dict):
+        self.cfg, self.model, self.train_set, self.stamp = cfg, model, train_set, stamp
+        self.pos_weight = TASK_POS_WEIGHT[cfg.task]
+
+    def collate(self, items: list[dict]) -> dict:
+        return default_collate(items)
+
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(batch)
+        loss = segmentation_loss(logits, batch["target"], batch["valid"][:, None], self.pos_weight)
+        return loss, {"loss": loss.detach()}
+
+    def checkpoint_payload(self) -> dict:
+        return {"model": self.model.state_dict(), **self.stamp}
+
+    def load_checkpoint_payload(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
+
+    def config_dict(self) -> dict:
+        # What was loaded and from where is part of the run's identity: --resume refuses a change.
+        return {**config_as_dict(self.cfg), "init": self.stamp["init"], "data": self.stamp["data"]}
+
+
+# ---------------------------------------------------------------- initialisation
+
+PRETRAIN_MODES = {"both": "occfeat", "occ": "occ", "feat": "feat"}
+# Network settings that may differ between the pretraining run and the finetuning run: where the
+# backbone's weights come from (the pretrained state replaces them).
+WEIGHT_KEYS = ("backbone_weights", "random_init")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise OccfeatError(f"{path} is not valid JSON ({e}); restore it from the pretraining run") from e
+
+
+def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[SegmentationModel, dict]:
+    """The segmentation model and its stamp {"init", "provenance"}.
+
+    ``init`` None: the backbone from ImageNet weights (``network.backbone_weights`` / HF cache), or random
+    when ``network.random_init`` (the paper's "None" row). Otherwise the pretraining run's network
+    (head dropped); a run with another grid or network is refused.
+    """
+    n_classes = len(check_task(cfg.task))
+    torch.manual_seed(cfg.train.seed)  # same recipe and seed → same head (and random backbone) weights
+    if init is None:
+        network = build_network(cfg.network, cfg.grid)
+        prov = network.provenance.as_dict()
+        stamp = {
+            "init": {"run": None, "pretraining": {"mode": "none"}},
+            "provenance": {"backbone": prov, "backbone_random_init": not prov["pretrained"], "teacher_random_init": None},
+        }
+        return SegmentationModel(network, n_classes), stamp
+
+    from occfeat.train.pretrain import load_pretrained_network  # the pretraining stack loads only when asked for
+
+    init = Path(init)
+    state, pcfg = load_pretrained_network(init)
+    p_grid = BevGrid.from_spec(pcfg.get("grid", {}))
+    if p_grid != cfg.grid:
+        raise OccfeatError(f"pretraining run {init} used grid {p_grid.spec()}, this finetune uses {cfg.grid.spec()}; use the same grid")
+    ours = {k: v for k, v in to_dict(cfg.network).items() if k not in WEIGHT_KEYS}
+    theirs = {k: v for k, v in pcfg.get("network", {}).items() if k not in WEIGHT_KEYS}
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {theirs.get(k)!r} vs {ours.get(k)!r}" for k in diff[:3])
+        raise OccfeatError(f"pretraining run {init} built another network ({shown}); finetune with its recipe's network settings")
+    # The pretrained state replaces every backbone weight, so no ImageNet file is needed here.
+    network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
+    network.load_state_dict(state)
+    pprov = _read_json(init / "provenance.json") or load_checkpoint(init / "checkpoints" / "last.pt")["task"].get("provenance", {})
+    backbone = pprov.get("backbone", {})
+    teacher = pprov.get("teacher", {})
+    stamp = {
+        "init": {
+            "run": str(init.resolve()),
+            "pretraining": {
+                "mode": PRETRAIN_MODES.get(pcfg.get("loss"), str(pcfg.get("loss"))),
+                "lambda": pcfg.get("lam"),
+                "epochs": pcfg.get("train", {}).get("epochs"),
+            },
+        },
+        "provenance": {
+            "backbone": backbone,
+            "backbone_random_init": not backbone.get("pretrained", True),
+            "teacher": teacher,
+            "teacher_random_init": (not teacher["pretrained"]) if "pretrained" in teacher else None,
+        },
+    }
+    return SegmentationModel(network, n_classes), stamp
+
+
+# ---------------------------------------------------------------- run + evaluate
+
+# A file `occfeat synth` leaves at the dataroot's top: its presence marks every result as synthetic.
+SYNTH_MARKERS = ("occfeat_synth.json",)
+
+
+def is_synthetic(dataroot: str | Path) -> bool:
+    return any((Path(dataroot) / m).is_file() for m in SYNTH_MARKERS)
+
+
+def _device(cfg: FinetuneConfig) -> torch.device:
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.train.device)
+
+
+def run_info(cfg: FinetuneConfig, stamp: dict, dataroot: Path, version: str, split: str, n_labelled: int) -> dict:
+    """The metrics.json fields that say what was trained and on what (see occfeat.train.evaluate)."""
+    return {
+        "task": cfg.task,
+        "classes": list(check_task(cfg.task)),
+        "fraction": cfg.fraction,
+        "seed": cfg.train.seed,
+        "split": split,
+        "arch": cfg.network.arch,
+        "backbone": cfg.network.backbone,
+        "input_size": list(cfg.input_size),
+        "pretraining": stamp["init"]["pretraining"],
+        "init_run": stamp["init"]["run"],
+        "provenance": {"synthetic_data": is_synthetic(dataroot), **stamp["provenance"]},
+        "dataroot": str(Path(dataroot).resolve()),
+        "version": version,
+        "labelled_samples": n_labelled,
+    }
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(r) for r in path.read_text().splitlines() if r.strip()] if path.is_file() else []
+
+
+def run_finetune(
+    cfg: FinetuneConfig,
+    dataroot: str | Path,
+    version: str,
+    out: str | Path,
+    init: str | Path | None = None,
+    split: str = "train",
+    val_split: str = "val",
+    resume: bool = False,
+    gt_cache: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train on the labelled subset of ``split``, evaluate on ``val_split``; returns the metrics dict.
+
+    Run dir: fit's files (config.yaml, metrics.jsonl, checkpoints/) plus ``labelled_tokens.txt``,
+    ``metrics.json``, ``samples.npz`` and, with ``eval_every``, ``eval.jsonl`` (one row per evaluation).
+    Ground truth is cached per split/grid/task in ``gt_cache`` (default: ``<out>/../gt-cache``), shared
+    by every run beside this one.
+    """
+    out = Path(out)
+    train_index = SampleIndex(dataroot, version, split)
+    val_index = SampleIndex(dataroot, version, val_split, nusc=train_index.nusc)
+    chosen = set(select_labelled(train_index.tokens, cfg.fraction, cfg.train.seed))
+    labelled = [t for t in train_index.tokens if t in chosen]  # the split's order, for readability
+    gt_folder = Path(gt_cache) if gt_cache is not None else out.resolve().parent / "gt-cache"
+    model, stamp = build_model(cfg, init)
+    stamp["data"] = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split, "val_split": val_split, "gt_cache": str(gt_folder)}
+    train_set = segmentation_set(train_index, labelled, cfg, gt_folder, train=True, progress=progress)
+    val_set = segmentation_set(val_index, val_index.tokens, cfg, gt_folder, train=False, progress=progress)
+    task = FinetuneTask(cfg, model, train_set, stamp)
+    info = run_info(cfg, stamp, Path(dataroot), version, val_split, len(labelled))
+
+    # Evaluate every k epochs by running the loop in chunks (train.max_steps may change on resume).
+    steps_per_epoch = max(1, len(train_set) // cfg.train.batch_size // cfg.train.grad_accum)
+    total = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps > 0:
+        total = min(total, cfg.train.max_steps)
+    stops = [e * steps_per_epoch for e in range(cfg.eval_every, cfg.train.epochs, cfg.eval_every) if e * steps_per_epoch < total] if cfg.eval_every > 0 else []
+    eval_log = out / "eval.jsonl"
+    done_evals = {row["step"] for row in _read_jsonl(eval_log)} if resume else set()
+    first = True
+    for stop in [*stops, total]:
+        summary = fit(task, dataclasses.replace(cfg.train, max_steps=stop), out, resume=resume or not first)
+        if first:
+            _write_or_check_tokens(out / LABELLED_TOKENS, labelled)
+            first = False
+        if stop == total or stop in done_evals or not _is_main_process():
+            continue
+        result, _ = evaluate(model, val_set, check_task(cfg.task), _device(cfg), cfg.eval_batch_size, 0, 0, progress)
+        with open(eval_log, "a") as f:
+            f.write(json.dumps({"step": summary["step"], "epoch": summary["epoch"], "mean_iou": result["mean_iou"], "iou": result["iou"]}) + "\n")
+    if not _is_main_process():
+        return {}
+    result, samples = evaluate(model, val_set, check_task(cfg.task), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
+    info.update(step=summary["step"], epoch=summary["epoch"], checkpoint=str(summary["checkpoint"]))
+    return write_metrics(out, result, info, samples)
+
+
+def _write_or_check_tokens(path: Path, tokens: list[str]) -> None:
+    if path.is_file() and read_tokens(path) != tokens:
+        raise OccfeatError(f"{path} lists other labelled samples than this run selects; the dataroot changed, start a new --out")
+    write_tokens(path, tokens)
+
+
+def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True) -> dict:
+    """Re-evaluate a finetune run's last checkpoint on ``split`` (default: its val split); rewrites
+    ``metrics.json`` and ``samples.npz`` when that is the run's own val split, else writes
+    ``metrics-<split>.json``. Returns the metrics dict."""
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    payload = ckpt.get("task", {})
+    if "model" not in payload or "data" not in payload:
+        raise OccfeatError(f"{run_dir} is not an occfeat finetune run (its checkpoint holds no segmentation model)")
+    config = {k: v for k, v in ckpt["config"].items() if k not in ("init", "data")}
+    cfg = config_from_dict(config)
+    data = payload["data"]
+    root = Path(dataroot) if dataroot is not None else Path(data["dataroot"])
+    split = split or data["val_split"]
+    index = SampleIndex(root, data["version"], split)
+    # The checkpoint replaces every weight: no ImageNet file needed to rebuild the network.
+    network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
+    model = SegmentationModel(network, len(check_task(cfg.task))).to(_device(cfg))
+    model.load_state_dict(payload["model"])
+    dataset = segmentation_set(index, index.tokens, cfg, Path(data["gt_cache"]), train=False, progress=progress)
+    labelled = read_tokens(run_dir / LABELLED_TOKENS)
+    info = run_info(cfg, payload, root, data["version"], split, len(labelled))
+    info.update(step=ckpt["step"], epoch=ckpt["epoch"], checkpoint=str(run_dir / "checkpoints" / "last.pt"))
+    result, samples = evaluate(model, dataset, check_task(cfg.task), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
+    if split == data["val_split"]:
+        return write_metrics(run_dir, result, info, samples)
+    metrics = {**info, **result}
+    (run_dir / f"metrics-{split}.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
