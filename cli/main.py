@@ -26,6 +26,7 @@ def version() -> None:
 # fmt: off
 # (stage imports below)
 import cli.voxelize  # noqa: E402,F401
+import cli.extract  # noqa: E402,F401
 import cli.pretrain  # noqa: E402,F401
 import cli.finetune  # noqa: E402,F401
 import cli.evaluate  # noqa: E402,F401
