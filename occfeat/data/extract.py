@@ -250,7 +250,7 @@ def extract_features(
         "version": version,
         "split": split or "all",
         "dataroot": str(Path(dataroot).resolve()),
-        "toolkit_version": __version__,
+        "occfeat_version": __version__,
     }
     writer = CacheWriter(out, index.tokens, spec, {"features": Payload(shape, "float16")}, block_size=block_samples)
     pending = writer.pending()
