@@ -1,0 +1,150 @@
+"""Benchmark an OccFeat pretraining step with data loading against the same step on tensors already in
+memory, measured in the same run.
+
+    python benchmarks/pretrain.py [--samples 6] [--batch-size 2] [--steps 3] [--workers 2]
+                                  [--image-size 1600x900] [--device auto] [--amp auto]
+
+SimpleBEV EN-B0 + the unsplat head at the paper's settings (recipes/pretrain/simplebev-effb0.yaml:
+224x400 input with augmentation, 200x200x8 grid, N_B = 128, L = L_occ + 0.01 L_feat, Adam) with a
+RANDOM-INIT backbone and teacher (no hub here; speed does not depend on weight values). The data: a
+synthetic dataroot with nuScenes-sized JPEGs, its occupancy cache on the default grid and DINOv2
+ViT-S/14 features at 224x406, built in a child process first (so the peak memory below is training's).
+
+- in memory: one collated batch kept on the device, stepped ``--steps`` times — the compute floor;
+- with data: the task's DataLoader (JPEG decode + augmentation, HDF5 occupancy + features, collate,
+  host→device copy) feeding the same step;
+
+prints samples/s for both, the ratio, peak memory, and the time of 50 epochs on nuScenes trainval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing as mp
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINVAL_TRAIN_SAMPLES = 28_130
+
+
+def build_inputs(root: Path, samples: int, image_wh: tuple[int, int]) -> None:
+    """Synthetic dataroot + occupancy (default grid) + random-teacher features (run in a child process)."""
+    from occfeat.data.extract import extract_features
+    from occfeat.data.synth import SynthConfig, write_dataroot
+    from occfeat.data.voxelize import build_occupancy
+    from occfeat.grid import BevGrid
+
+    cfg = SynthConfig(scenes=1, samples_per_scene=samples, image_size=image_wh, seed=0)
+    write_dataroot(root / "root", cfg)
+    build_occupancy(root / "root", cfg.version, "all", root / "occ.h5", BevGrid(), progress=False)
+    extract_features(root / "root", cfg.version, "all", root / "feats.h5", random_teacher=True, device="cpu", progress=False)
+
+
+def forever(loader):
+    """Batches from a fresh pass each time round (itertools.cycle would replay stored batches without loading)."""
+    while True:
+        yield from loader
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU (max allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process peak)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=6, help="key frames in the synthetic dataroot")
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3, help="timed optimizer steps per mode (after one warm-up step)")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    ap.add_argument("--image-size", default="1600x900", help="stored JPEG WIDTHxHEIGHT (nuScenes: 1600x900)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA), bf16, off")
+    args = ap.parse_args()
+
+    from occfeat.config import load_config
+    from occfeat.train.dist import DistEnv, resolve_device
+    from occfeat.train.loop import _to_device
+    from occfeat.train.pretrain import PretrainConfig, PretrainTask
+
+    dev = resolve_device(args.device, DistEnv())
+    amp = args.amp == "bf16" or (args.amp == "auto" and dev.type == "cuda")
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none"
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, GPU: {gpu}")
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        t = time.perf_counter()
+        w, h = (int(v) for v in args.image_size.lower().split("x"))
+        child = mp.get_context("spawn").Process(target=build_inputs, args=(d, args.samples, (w, h)))
+        child.start()
+        child.join()
+        if child.exitcode:
+            raise SystemExit(f"building the synthetic inputs failed (exit {child.exitcode})")
+        print(f"inputs: {args.samples} synthetic key frames at {args.image_size} + caches ({time.perf_counter() - t:.0f} s to build)")
+
+        from occfeat.data.synth import SynthConfig
+
+        overrides = {"network": {"random_init": True}, "train": {"batch_size": args.batch_size, "num_workers": args.workers}}
+        cfg = load_config(PretrainConfig, REPO / "recipes/pretrain/simplebev-effb0.yaml", overrides)
+        task = PretrainTask(cfg, d / "root", SynthConfig().version, d / "occ.h5", d / "feats.h5", split="all")
+        print(f"SimpleBEV {cfg.network.backbone} RANDOM-INIT + unsplat head, input {cfg.input_size}, grid {cfg.grid.shape}, "
+              f"N_B {cfg.network.bev_channels}, batch {args.batch_size}, amp {'bf16' if amp else 'off'}, device {dev}")
+        model = task.model.to(dev).train()
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+        def step(batch: dict) -> None:  # the loop's step: forward under autocast, backward, clip, update
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                loss, _ = task.loss(model, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        def timed(batches) -> float:
+            step(next(batches))  # warm-up (allocator, cuDNN autotune, worker start-up)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(dev)
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                step(next(batches))
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return args.steps * args.batch_size / (time.perf_counter() - t)
+
+        loader = torch.utils.data.DataLoader(
+            task.train_set, batch_size=args.batch_size, shuffle=True, collate_fn=task.collate, drop_last=True,
+            num_workers=args.workers, pin_memory=dev.type == "cuda", persistent_workers=args.workers > 0,
+        )  # fmt: skip
+        fixed = _to_device(next(iter(loader)), dev)
+        mem_rate = timed(itertools.repeat(fixed))
+        mem_peak = peak_memory(dev)
+        data_rate = timed(_to_device(b, dev) for b in forever(loader))
+        data_peak = peak_memory(dev)
+
+        t = time.perf_counter()
+        n = 0
+        for n, _ in enumerate(itertools.islice(forever(loader), args.steps), start=1):
+            pass
+        load_rate = n * args.batch_size / (time.perf_counter() - t)
+
+    print(f"\n{'':<40}{'samples/s':>10}   peak memory")
+    print(f"{'step on a batch in memory':<40}{mem_rate:>10.3f}   {mem_peak}")
+    print(f"{'step with data loading':<40}{data_rate:>10.3f}   {data_peak}")
+    print(f"{'data loading alone ({} workers)'.format(args.workers):<40}{load_rate:>10.3f}")
+    print(f"ratio with-data / in-memory: {data_rate / mem_rate:.2f}")
+    hours = 50 * TRAINVAL_TRAIN_SAMPLES / data_rate / 3600
+    print(f"\n50 epochs on nuScenes trainval ({TRAINVAL_TRAIN_SAMPLES:,} train samples) at the with-data rate: "
+          f"{hours:,.0f} h ({hours / 24:,.1f} days) on this device")
+
+
+if __name__ == "__main__":
+    main()
