@@ -110,7 +110,7 @@ def test_voxel_seen_by_two_cameras_gets_the_mean_and_hidden_voxels_are_masked(te
     centres = test_grid.voxel_centers()
     both = test_grid.points_to_index(np.array([[12.0, 3.0, 1.0]]))[0][0]  # ~14 deg: both cameras
     behind = test_grid.points_to_index(np.array([[-10.0, 0.5, 1.0]]))[0][0]  # behind both
-    side = test_grid.points_to_index(np.array([[0.5, -20.0, 1.0]]))[0][0]  # right side: outside both images
+    side = test_grid.points_to_index(np.array([[10.0, -20.0, 1.0]]))[0][0]  # in front of camera 0, far right of its image
     occ = np.zeros((1, *test_grid.shape), bool)
     for v in (both, behind, side):
         occ[(0, *v)] = True
@@ -122,6 +122,8 @@ def test_voxel_seen_by_two_cameras_gets_the_mean_and_hidden_voxels_are_masked(te
     assert all(d > 0 and 0 <= u < W and 0 <= v < H for u, v, d in uvs), "test setup: both cameras must see it"
     np.testing.assert_allclose(target[r, 2], 0.5, atol=1e-6)  # mean of camera indices 0 and 1
     np.testing.assert_allclose(target[r, 0], np.mean([u for u, _, _ in uvs]), atol=2e-3)
+    u0, _, d0 = project_np(Ks[0, 0], Ts[0, 0], centres[tuple(side)])
+    assert d0 > 0 and not 0 <= u0 < W, "test setup: in front of camera 0 but outside its image"
     assert not valid[row[tuple(behind)]] and not valid[row[tuple(side)]]
     assert (target[row[tuple(behind)]] == 0).all()
 
