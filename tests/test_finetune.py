@@ -40,3 +40,60 @@ def test_paper_defaults_per_fraction_then_overrides():
     assert config_from_dict(config_as_dict(cfg)) == cfg
     with pytest.raises(OccfeatError, match="unknown task"):
         resolve_config(None, "lanes", 0.1)
+
+
+# ---------------------------------------------------------------- --init from a pretraining run
+
+TINY = "recipes/finetune/synthetic-tiny.yaml"
+
+
+def _fake_pretrain_run(tmp_path, loss="both", **net_changes):
+    """A pretraining run dir in the loop's checkpoint format (what `occfeat pretrain` writes), without training."""
+    import dataclasses
+    import json
+
+    import torch
+
+    from occfeat.config import load_config, to_dict
+    from occfeat.models import build_network
+    from occfeat.train.loop import CHECKPOINT_FORMAT, atomic_save
+    from occfeat.train.pretrain import PretrainConfig
+
+    cfg = load_config(PretrainConfig, "recipes/pretrain/synthetic-tiny.yaml", {"loss": loss, "lam": 0.01})
+    cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, **net_changes))
+    torch.manual_seed(123)
+    net = build_network(cfg.network, cfg.grid)
+    run = tmp_path / f"pretrain-{loss}"
+    (run / "checkpoints").mkdir(parents=True)
+    prov = {"backbone": net.provenance.as_dict(), "teacher": {"pretrained": False}, "random_init": True}
+    atomic_save({"format": CHECKPOINT_FORMAT, "step": 1, "epoch": 1, "config": to_dict(cfg),
+                 "task": {"network": net.state_dict(), "head": {}, "provenance": prov}}, run / "checkpoints" / "last.pt")
+    (run / "provenance.json").write_text(json.dumps(prov))
+    return run, net
+
+
+def test_init_loads_the_pretrained_network_and_stamps_its_identity(tmp_path):
+    import torch
+
+    from occfeat.train.finetune import build_model
+
+    run, net = _fake_pretrain_run(tmp_path, loss="occ")
+    cfg = resolve_config(TINY, "map", 0.01)
+    model, stamp = build_model(cfg, run)
+    for k, v in net.state_dict().items():
+        assert torch.equal(model.network.state_dict()[k], v), k
+    assert model.head.net[-1].out_channels == 5
+    assert stamp["init"]["pretraining"] == {"mode": "occ", "lambda": 0.01, "epochs": 2}
+    assert stamp["provenance"]["teacher_random_init"] is True and stamp["provenance"]["backbone_random_init"] is True
+
+
+def test_init_refuses_another_grid_or_network(tmp_path):
+    from occfeat.train.finetune import build_model
+
+    run, _ = _fake_pretrain_run(tmp_path)
+    with pytest.raises(OccfeatError, match="grid"):
+        build_model(resolve_config(TINY, "vehicle", 0.1, ["grid.shape=[40,40,8]"]), run)
+    with pytest.raises(OccfeatError, match="bev_channels"):
+        build_model(resolve_config(TINY, "vehicle", 0.1, ["network.bev_channels=16"]), run)
+    with pytest.raises(OccfeatError, match="no checkpoints"):
+        build_model(resolve_config(TINY, "vehicle", 0.1), tmp_path)
