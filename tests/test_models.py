@@ -151,3 +151,40 @@ def test_bf16_autocast_forward_is_finite(test_grid):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bev = net.forward_bev(tiny_batch(S=1))
     assert torch.isfinite(bev.float()).all()
+
+
+def test_bevformer_self_attention_reference_is_the_cell_itself(test_grid):
+    from occfeat.models.bevformer import deformable_sample
+
+    net = build_network(tiny_cfg(arch="bevformer"), test_grid)
+    X, Y, _ = test_grid.shape
+    ix, iy = torch.meshgrid(torch.arange(X), torch.arange(Y), indexing="ij")
+    value = (ix * 100 + iy).float()[None, None]  # (1, 1, X, Y): cell (x, y) holds 100x + y
+    got = deformable_sample(value, net.ref[None, :, None, :], torch.ones(1, X * Y, 1))
+    assert torch.allclose(got.flatten(), value.flatten(), atol=1e-3)
+
+
+def test_spatial_cross_attention_zero_offsets_samples_anchor_mean():
+    from occfeat.models.bevformer import CameraView, SpatialCrossAttention
+
+    C, Hf, Wf = 2, 4, 6
+    sca = SpatialCrossAttention(C, C, heads=1, heights=2, points_per_height=1, dropout=0.0)
+    with torch.no_grad():
+        for lin in (sca.value, sca.out):
+            lin.weight.copy_(torch.eye(C))
+            lin.bias.zero_()
+        sca.offsets.bias.zero_()  # weights are zero-initialised → uniform attention, zero offsets
+    v, u = torch.meshgrid(torch.arange(Hf) + 0.5, torch.arange(Wf) + 0.5, indexing="ij")
+    feats = torch.stack([u, v])[None, None]  # (1, 1, 2, Hf, Wf): pixel-centre coordinates
+    # query 1 of 2 is seen; its two anchors at pixels (2.5, 1.5) and (4.0, 2.5); query 0 is not seen
+    uv = torch.tensor([[2.5, 1.5], [4.0, 2.5]])
+    anchors = (uv / torch.tensor([Wf, Hf]) * 2 - 1)[None, None]
+    view = CameraView(order=torch.tensor([[1]]), keep=torch.tensor([[True]]), anchors=anchors, anchor_ok=torch.ones(1, 1, 2, dtype=torch.bool))
+    q = torch.zeros(1, 2, C)
+    out = sca(q, torch.zeros_like(q), feats, [view], count=torch.tensor([[0.0, 1.0]]))
+    assert torch.allclose(out[0, 1], uv.mean(0), atol=1e-5)
+    assert torch.all(out[0, 0] == 0)
+    # an anchor behind the camera / off the map is left out of the softmax: all weight on the other one
+    view.anchor_ok[0, 0, 1] = False
+    out = sca(q, torch.zeros_like(q), feats, [view], count=torch.tensor([[0.0, 1.0]]))
+    assert torch.allclose(out[0, 1], uv[0], atol=1e-5)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
@@ -29,11 +30,21 @@ from occfeat.models.encoder import ImageEncoder
 from occfeat.models.lift import project_to_feature_map
 
 
-def deformable_sample(value: torch.Tensor, loc: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted bilinear samples: value (B·h, d, H, W), loc (B·h, N, P, 2) in grid_sample's [-1, 1]
-    (x ↔ W, y ↔ H, align_corners=False), weights (B·h, N, P) → (B·h, d, N). Float32 inside."""
+def _weighted_samples(value: torch.Tensor, loc: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     s = F.grid_sample(value.float(), loc.float(), mode="bilinear", padding_mode="zeros", align_corners=False)
     return (s * weights.float()[:, None]).sum(-1)
+
+
+def deformable_sample(value: torch.Tensor, loc: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted bilinear samples: value (B·h, d, H, W), loc (B·h, N, P, 2) in grid_sample's [-1, 1]
+    (x ↔ W, y ↔ H, align_corners=False), weights (B·h, N, P) → (B·h, d, N). Float32 inside.
+
+    The (B·h, d, N, P) samples are recomputed in backward instead of stored (what the fused CUDA kernel
+    of deformable attention does): at 200x200 queries and 8 points that is 164 MB per sample per call.
+    """
+    if torch.is_grad_enabled() and (value.requires_grad or loc.requires_grad or weights.requires_grad):
+        return checkpoint(_weighted_samples, value, loc, weights, use_reentrant=False)
+    return _weighted_samples(value, loc, weights)
 
 
 def _init_offsets(linear: nn.Linear, heads: int, rings: int, repeat: int) -> None:
@@ -99,7 +110,7 @@ class SpatialCrossAttention(nn.Module):
     """Queries (B, N, C) attend to the image features of the cameras that see their pillar.
 
     Per head, ``points_per_height`` learned offsets (in feature pixels) around each of the D projected
-    pillar anchors; anchors behind the camera or outside the feature map get zero weight.
+    pillar anchors; anchors behind the camera or outside the feature map are left out of the softmax.
     """
 
     def __init__(self, dim: int, image_channels: int, heads: int, heights: int, points_per_height: int, dropout: float):
@@ -134,8 +145,9 @@ class SpatialCrossAttention(nn.Module):
             v = v.view(B, Hf, Wf, h, C // h).permute(0, 3, 4, 1, 2).flatten(0, 1)  # (B·h, d, Hf, Wf)
             off = self.offsets(q).view(B, L, h, K, D, 2).float() * pix
             loc = (view.anchors[:, :, None, None] + off).flatten(3, 4)  # (B, L, h, K·D, 2)
-            w = self.weights(q).view(B, L, h, K * D).softmax(-1)
-            w = w * view.anchor_ok[:, :, None, None, :].expand(B, L, 1, K, D).flatten(3, 4)
+            # softmax over the usable anchors only; a kept query has at least one, padding rows are zeroed below
+            ok = view.anchor_ok[:, :, None, None, :].expand(B, L, 1, K, D).flatten(3, 4)
+            w = self.weights(q).view(B, L, h, K * D).float().masked_fill(~ok, -1e9).softmax(-1)
             out = deformable_sample(v, _heads_first(loc, h), _heads_first(w, h))  # (B·h, d, L)
             out = out.view(B, C, L).transpose(1, 2) * view.keep[..., None]
             slots = slots.scatter_add(1, view.order[..., None].expand(B, L, C), out)
