@@ -25,6 +25,7 @@ def version() -> None:
 # Commands register themselves on `app` when their module is imported: one import per stage, pipeline order.
 # fmt: off
 # (stage imports below)
+import cli.synth  # noqa: E402,F401
 import cli.voxelize  # noqa: E402,F401
 import cli.extract  # noqa: E402,F401
 import cli.pretrain  # noqa: E402,F401
