@@ -188,3 +188,19 @@ def test_spatial_cross_attention_zero_offsets_samples_anchor_mean():
     view.anchor_ok[0, 0, 1] = False
     out = sca(q, torch.zeros_like(q), feats, [view], count=torch.tensor([[0.0, 1.0]]))
     assert torch.allclose(out[0, 1], uv[0], atol=1e-5)
+
+
+def test_backbone_weights_from_file_reach_the_encoder(tmp_path, test_grid):
+    import timm
+
+    ref = timm.create_model("efficientnet_b0", pretrained=False)
+    path = tmp_path / "effb0.pth"
+    torch.save(ref.state_dict(), path)
+    net = build_network(tiny_cfg(random_init=False, backbone_weights=str(path)), test_grid)
+    assert net.provenance.pretrained and net.provenance.source.startswith("file:") and net.provenance.sha256
+    sd = ref.state_dict()
+    enc = net.encoder.backbone.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in enc.items())
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), tmp_path / "rn18.pth")
+    with pytest.raises(OccfeatError, match="does not fit"):
+        build_network(tiny_cfg(random_init=False, backbone_weights=str(tmp_path / "rn18.pth")), test_grid)
