@@ -4,8 +4,8 @@ Frame: the ego frame at the key-frame LiDAR timestamp (the grid's frame, see ``o
 Layout: ``target (C, X, Y)`` bool and ``valid (X, Y)`` bool per sample.
 
 Rasterisation rule, the same for every class: **a cell is set iff its centre lies inside the shape**
-(strictly inside for polygons, as the devkit's ``layers_on_point``; within half the line width for
-lines). No anti-aliasing and no "any overlap" rule, so a box or polygon smaller than a cell can vanish.
+(strictly inside, as the devkit's ``layers_on_point``; a line counts as its buffer by half the line
+width, i.e. the cells within w/2 of it). No anti-aliasing and no "any overlap" rule, so a box or polygon smaller than a cell can vanish.
 
 - ``vehicle`` (1 class): footprints of every ``vehicle.*`` box of the key frame, read with the devkit
   (``nusc.get_boxes`` → :class:`nuscenes.utils.data_classes.Box`, moved into the ego frame); the
@@ -156,7 +156,8 @@ class MapRasterizer:
                 for layer in layers:
                     for record in getattr(nmap, layer):
                         if layer in LINE_LAYERS:
-                            g = nmap.extract_line(record["line_token"])
+                            # A line drawn w wide = its buffer by w/2: one point-in-polygon test per cell.
+                            g = nmap.extract_line(record["line_token"]).buffer(self.cfg.divider_width / 2)
                         else:
                             tokens = record["polygon_tokens"] if layer == "drivable_area" else [record["polygon_token"]]
                             for t in tokens:
@@ -178,16 +179,11 @@ class MapRasterizer:
         g = apply_4x4(rec.global_T_ego, ground)[:, :2]
         gx, gy = g[:, 0], g[:, 1]
         area = shapely.box(gx.min(), gy.min(), gx.max(), gy.max())
-        half = self.cfg.divider_width / 2
         out = np.zeros((len(MAP_CLASSES), len(centers)), dtype=bool)
         for c, cls in enumerate(MAP_CLASSES):
             tree, geoms = layers[cls]
-            is_line = MAP_LAYERS[cls][0] in LINE_LAYERS
-            for i in tree.query(area.buffer(half) if is_line else area):
-                if is_line:
-                    out[c] |= shapely.dwithin(geoms[i], shapely.points(gx, gy), half)
-                else:
-                    out[c] |= shapely.contains_xy(geoms[i], gx, gy)
+            for i in tree.query(area):
+                out[c] |= shapely.contains_xy(geoms[i], gx, gy)
         return out.reshape(len(MAP_CLASSES), *grid.shape[:2])
 
 

@@ -292,12 +292,18 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
 
 # ---------------------------------------------------------------- run + evaluate
 
-# A file `occfeat synth` leaves at the dataroot's top: its presence marks every result as synthetic.
+# How a synthetic dataroot (`occfeat synth`) is told apart: a marker file at its top, or the custom
+# splits it writes into <version>/splits.json. Every result on it is marked synthetic.
 SYNTH_MARKERS = ("occfeat_synth.json",)
+SYNTH_SPLIT_PREFIX = "synth_"
 
 
-def is_synthetic(dataroot: str | Path) -> bool:
-    return any((Path(dataroot) / m).is_file() for m in SYNTH_MARKERS)
+def is_synthetic(dataroot: str | Path, version: str) -> bool:
+    root = Path(dataroot)
+    if any((root / m).is_file() for m in SYNTH_MARKERS):
+        return True
+    splits = _read_json(root / version / "splits.json")
+    return any(str(k).startswith(SYNTH_SPLIT_PREFIX) for k in splits)
 
 
 def _device(cfg: FinetuneConfig) -> torch.device:
@@ -319,7 +325,7 @@ def run_info(cfg: FinetuneConfig, stamp: dict, dataroot: Path, version: str, spl
         "input_size": list(cfg.input_size),
         "pretraining": stamp["init"]["pretraining"],
         "init_run": stamp["init"]["run"],
-        "provenance": {"synthetic_data": is_synthetic(dataroot), **stamp["provenance"]},
+        "provenance": {"synthetic_data": is_synthetic(dataroot, version), **stamp["provenance"]},
         "dataroot": str(Path(dataroot).resolve()),
         "version": version,
         "labelled_samples": n_labelled,
