@@ -146,11 +146,15 @@ def test_bad_inputs_are_one_line_errors(test_grid):
         net.forward_bev({**b, "K": b["K"][:, :1]})
 
 
-def test_bf16_autocast_forward_is_finite(test_grid):
-    net = build_network(tiny_cfg(), test_grid)
+@pytest.mark.parametrize("arch", sorted(NETWORKS))
+def test_bf16_autocast_forward_backward_is_finite(arch):
+    small = BevGrid(bounds=((-16.0, 16.0), (-16.0, 16.0), (-3.5, 6.5)), shape=(16, 16, 4))  # bf16 is slow on CPU
+    net = build_network(tiny_cfg(arch=arch), small)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bev = net.forward_bev(tiny_batch(S=1))
+        bev = net.forward_bev(tiny_batch(S=1, H=32, W=56))
     assert torch.isfinite(bev.float()).all()
+    bev.float().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
 def test_bevformer_self_attention_reference_is_the_cell_itself(test_grid):
