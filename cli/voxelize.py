@@ -45,17 +45,18 @@ def voxelize(
         sweeps=sweeps, workers=workers, skip_bad=skip_bad, block_size=block_size, progress=progress,
     )
     if s.already_complete:
-        console.print(f"{s.out} is already complete ({s.samples} samples); nothing to do")
+        console.print(f"{s.out} is already complete ({s.samples} samples); nothing to do", soft_wrap=True)
     else:
         rate = s.written / s.seconds if s.seconds else 0.0
         console.print(
             f"wrote {s.out}: {s.samples} samples ({s.written} this run, {s.points:,} points, "
-            f"{s.seconds:.1f} s, {rate:.1f} samples/s)"
+            f"{s.seconds:.1f} s, {rate:.1f} samples/s)",
+            soft_wrap=True,
         )
     for token, reason in s.skipped:
-        console.print(f"skipped {token}: {reason}", markup=False, highlight=False)
+        console.print(f"skipped {token}: {reason}", markup=False, highlight=False, soft_wrap=True)
     earlier = len(s.skipped_total) - len(s.skipped)
     if earlier > 0:
-        console.print(f"{earlier} samples skipped as bad input by an earlier run are recorded in {s.out} (attribute 'skipped')")
+        console.print(f"{earlier} samples skipped as bad input by an earlier run are recorded in {s.out} (attribute 'skipped')", soft_wrap=True)
     elif s.skipped_total:
-        console.print(f"{len(s.skipped_total)} samples skipped; recorded in {s.out} (attribute 'skipped', dataset 'valid')")
+        console.print(f"{len(s.skipped_total)} samples skipped; recorded in {s.out} (attribute 'skipped', dataset 'valid')", soft_wrap=True)

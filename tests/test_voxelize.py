@@ -3,10 +3,22 @@ and the stage on the synthetic world (multi-sweep geometry, resume, bad input, g
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from occfeat.data.index import EGO_BOX
+from cli.main import app
+from occfeat.data.index import EGO_BOX, SampleIndex, read_points
 from occfeat.data.occupancy import (
     OccupancyReader,
     pack_occupancy,
@@ -15,10 +27,11 @@ from occfeat.data.occupancy import (
     voxelize_points,
 )
 from occfeat.data.store import CacheWriter, Payload
-from occfeat.data.voxelize import occupancy_spec
+from occfeat.data.voxelize import build_occupancy, occupancy_spec, sample_points_ego
 from occfeat.errors import OccfeatError
 from occfeat.geometry import apply_4x4, make_transform, yaw_matrix
 from occfeat.grid import BevGrid
+from tests.fixtures.synth import TINY_VERSION
 
 # An awkward grid: non-dyadic voxel sizes (0.8, 0.7, 1.25) and an offset origin, so float rounding at
 # cell edges differs from a nice grid.
@@ -54,7 +67,9 @@ def test_kernel_matches_reference_on_cell_edges_bounds_nan_inf(grid):
     # outside, NaN and +-inf; all combinations on a sparse lattice.
     axes = []
     for a in range(3):
-        edges = grid.lower[a] + np.arange(grid.shape[a] + 1) * grid.voxel_size[a]
+        n = grid.shape[a]
+        k = np.unique(np.clip([0, 1, 2, n // 2, n - 2, n - 1, n], 0, n))  # first, middle and last edges
+        edges = grid.lower[a] + k * grid.voxel_size[a]
         edges = np.concatenate([edges, [grid.upper[a]]])
         vals = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf),
                                [grid.lower[a] - 1.0, grid.upper[a] + 1.0, np.nan, np.inf, -np.inf]])
@@ -156,3 +171,247 @@ def test_reader_roundtrip_and_refuses_other_grid_or_kind(tmp_path):
         OccupancyReader(tmp_path / "feat.h5", ODD_GRID)
     with pytest.raises(OccfeatError, match="not found"):
         OccupancyReader(tmp_path / "nope.h5", ODD_GRID)
+
+
+# ---- the stage on the synthetic world ----
+
+
+def _h5_arrays(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in ("tokens", "valid", "occupancy")}, {k: f.attrs[k] for k in f.attrs}
+
+
+def _assert_same_cache(a, b):
+    (da, aa), (db, ab) = _h5_arrays(a), _h5_arrays(b)
+    for k in da:
+        np.testing.assert_array_equal(da[k], db[k], err_msg=k)
+    assert aa.keys() == ab.keys()
+    for k in aa:
+        assert aa[k] == ab[k], k
+
+
+def _copy_world(src, dst):
+    """A writable copy of the dataroot: tables copied, sensor files symlinked (cheap)."""
+    shutil.copytree(src, dst, copy_function=os.symlink)
+    tables = dst / TINY_VERSION
+    for f in tables.iterdir():
+        target = f.resolve()
+        f.unlink()
+        shutil.copy(target, f)
+    return dst
+
+
+def test_occupancy_fixture_equals_kernel_on_sample_points(occupancy_h5, synth_root, test_grid):
+    reader = OccupancyReader(occupancy_h5, test_grid)
+    index = SampleIndex(synth_root, TINY_VERSION, "all")
+    assert reader.tokens == index.tokens and len(reader) == 12
+    for rec in list(index)[:3]:
+        pts = sample_points_ego(rec)
+        np.testing.assert_array_equal(reader.get(rec.token), reference_occupancy(pts, test_grid))
+        assert reader.get(rec.token).sum() > 50
+        # the key-frame points are the sensor points moved by ego_T_lidar, minus the ego body
+        raw = read_points(rec.lidar.path)[:, :3].astype(np.float64)
+        assert len(pts) <= len(raw) and len(pts) > 0.5 * len(raw)
+
+
+def test_build_resumes_after_interruption_byte_identical_and_is_idempotent(synth_root, test_grid, tmp_path, monkeypatch):
+    kw = dict(sweeps=3, block_size=2, progress=False)
+    ref = build_occupancy(synth_root, TINY_VERSION, "all", tmp_path / "ref.h5", test_grid, **kw)
+    assert ref.written == 12 and not ref.skipped and ref.points > 0
+
+    # "kill" after two blocks: the third write never happens
+    real_write, calls = CacheWriter.write_block, []
+
+    def dying_write(self, *a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(a[:2])
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(CacheWriter, "write_block", dying_write)
+    out = tmp_path / "occ.h5"
+    with pytest.raises(KeyboardInterrupt):
+        build_occupancy(synth_root, TINY_VERSION, "all", out, test_grid, **kw)
+    monkeypatch.undo()
+    assert not out.exists() and len(list((tmp_path / "occ.h5.parts").glob("*.h5"))) == 2
+    again = build_occupancy(synth_root, TINY_VERSION, "all", out, test_grid, **kw)
+    assert again.written == 8  # only the missing blocks
+    _assert_same_cache(out, tmp_path / "ref.h5")
+
+    mtime = out.stat().st_mtime_ns
+    third = build_occupancy(synth_root, TINY_VERSION, "all", out, test_grid, **kw)
+    assert third.already_complete and third.written == 0 and out.stat().st_mtime_ns == mtime
+    with pytest.raises(OccfeatError, match="sweeps: cache has 3, this run wants 1"):
+        build_occupancy(synth_root, TINY_VERSION, "all", out, test_grid, sweeps=1, progress=False)
+
+
+def test_workers_give_the_same_cache(synth_root, test_grid, tmp_path):
+    a = build_occupancy(synth_root, TINY_VERSION, "mini_train", tmp_path / "a.h5", test_grid, sweeps=2, progress=False)
+    b = build_occupancy(synth_root, TINY_VERSION, "mini_train", tmp_path / "b.h5", test_grid, sweeps=2, workers=2,
+                        block_size=2, progress=False)
+    assert a.samples == b.samples == 6 and a.points == b.points
+    _assert_same_cache(tmp_path / "a.h5", tmp_path / "b.h5")
+
+
+def test_bad_lidar_files_and_missing_pose_name_sample_and_file_or_are_skipped(synth_root, test_grid, tmp_path):
+    root = _copy_world(synth_root, tmp_path / "root")
+    index = SampleIndex(root, TINY_VERSION, "mini_val")
+    recs = list(index)
+    # sample 1: key-frame file truncated mid-point; sample 3: a previous sweep's file missing
+    trunc = recs[1].lidar.path
+    data = trunc.read_bytes()
+    trunc.unlink()
+    trunc.write_bytes(data[: len(data) // 2 + 7])
+    gone = recs[3].sweeps(2)[1].path
+    gone.unlink()
+
+    build = lambda out, **k: build_occupancy(root, TINY_VERSION, "mini_val", tmp_path / out, test_grid, sweeps=2,  # noqa: E731
+                                             block_size=2, progress=False, **k)
+    with pytest.raises(OccfeatError) as e:
+        build("a.h5")
+    msg = str(e.value)
+    assert recs[1].token in msg and str(trunc) in msg and "truncated" in msg and "--skip-bad" in msg and "\n" not in msg
+
+    s = build("b.h5", skip_bad=True)
+    assert [t for t, _ in s.skipped] == [recs[1].token, recs[3].token]
+    assert str(gone) in s.skipped[1][1] and "missing" in s.skipped[1][1]
+    with h5py.File(tmp_path / "b.h5", "r") as f:
+        assert json.loads(f.attrs["skipped"]) == [recs[1].token, recs[3].token]
+        assert f["valid"][()].tolist() == [True, False, True, False, True, True]
+        assert not f["occupancy"][1].any()
+    r = OccupancyReader(tmp_path / "b.h5", test_grid)
+    assert recs[1].token not in r and recs[0].token in r
+
+    # missing ego pose of a key-frame LiDAR sweep
+    pose_file = root / TINY_VERSION / "ego_pose.json"
+    sd = index.nusc.get("sample_data", index.nusc.get("sample", recs[4].token)["data"]["LIDAR_TOP"])
+    poses = [p for p in json.loads(pose_file.read_text()) if p["token"] != sd["ego_pose_token"]]
+    pose_file.write_text(json.dumps(poses))
+    with pytest.raises(OccfeatError) as e:
+        build("c.h5", skip_bad=False)
+    assert recs[1].token in str(e.value)  # still the first bad sample
+    s = build("d.h5", skip_bad=True)
+    assert [t for t, _ in s.skipped] == [recs[1].token, recs[3].token, recs[4].token]
+    assert sd["ego_pose_token"] in s.skipped[2][1] and str(recs[4].lidar.path) in s.skipped[2][1]
+
+
+def test_cli_one_line_errors_grid_mismatch_and_help(synth_root, test_grid, tmp_path):
+    grid_file = tmp_path / "grid.json"
+    grid_file.write_text(test_grid.to_json())
+    base = ["voxelize", "--dataroot", str(synth_root), "--version", TINY_VERSION, "--split", "mini_train",
+            "--out", str(tmp_path / "occ.h5"), "--no-progress"]
+    runner = CliRunner()
+    res = runner.invoke(app, [*base, "--grid", str(grid_file)])
+    assert res.exit_code == 0, res.output
+    assert "6 samples" in res.output
+    res = runner.invoke(app, [*base, "--grid", str(grid_file)])
+    assert res.exit_code == 0 and "already complete" in res.output
+    # same file, other grid: refused, naming what differs
+    res = runner.invoke(app, [*base, "--grid", "default"])
+    assert res.exit_code == 2
+    err = res.output.strip()
+    assert err.startswith("error:") and "grid" in err and "\n" not in err
+    res = runner.invoke(app, [*base, "--grid", str(tmp_path / "nope.json")])
+    assert res.exit_code == 2 and "nope.json not found" in res.output
+    res = runner.invoke(app, [*base[:-3], "--out", str(tmp_path / "x.h5"), "--split", "no_such_split"])
+    assert res.exit_code == 2 and "unknown split" in res.output
+    res = runner.invoke(app, ["voxelize", "--help"])
+    for opt in ("--dataroot", "--version", "--split", "--out", "--sweeps", "--grid", "--workers", "--skip-bad", "--block-size"):
+        assert opt in res.output
+
+
+def test_kill9_of_the_cli_mid_run_then_rerun_completes(synth_root, test_grid, tmp_path):
+    # Deterministic "mid-run": sample 6's LiDAR file is a FIFO, so the CLI blocks reading it after
+    # writing blocks 0-5; kill -9 it there, put the real file back, rerun.
+    root = _copy_world(synth_root, tmp_path / "root")
+    lidar = SampleIndex(root, TINY_VERSION, "all").record(SampleIndex(root, TINY_VERSION, "all").tokens[6]).lidar.path
+    real = lidar.resolve()
+    lidar.unlink()
+    os.mkfifo(lidar)
+    grid_file = tmp_path / "grid.json"
+    grid_file.write_text(test_grid.to_json())
+    out, parts = tmp_path / "occ.h5", tmp_path / "occ.h5.parts"
+    cmd = [sys.executable, "-c", "from cli.main import app; app()", "voxelize", "--dataroot", str(root), "--version", TINY_VERSION,
+           "--split", "all", "--out", str(out), "--grid", str(grid_file), "--block-size", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline and len(list(parts.glob("*.h5"))) < 6:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)  # blocked on the FIFO by now
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()  # a killed run never leaves a half-written final file
+    assert len(list(parts.glob("*.h5"))) == 6
+    lidar.unlink()
+    lidar.symlink_to(real)
+    s = build_occupancy(root, TINY_VERSION, "all", out, test_grid, block_size=1, progress=False)
+    assert s.written == 6 and not parts.exists()
+    build_occupancy(root, TINY_VERSION, "all", tmp_path / "ref.h5", test_grid, block_size=1, progress=False)
+    _assert_same_cache(out, tmp_path / "ref.h5")
+
+
+def _static_vehicle(index: SampleIndex, token: str) -> dict:
+    """The sample's annotated vehicle that never moves over its scene's key frames, with the most points."""
+    nusc = index.nusc
+    best = None
+    for ann in (nusc.get("sample_annotation", t) for t in nusc.get("sample", token)["anns"]):
+        if not ann["category_name"].startswith("vehicle."):
+            continue
+        inst = nusc.get("instance", ann["instance_token"])
+        track, t = [], inst["first_annotation_token"]
+        while t:
+            track.append(np.array(nusc.get("sample_annotation", t)["translation"]))
+            t = nusc.get("sample_annotation", t)["next"]
+        if len(track) > 1 and np.ptp(np.stack(track), axis=0).max() < 1e-6:
+            if best is None or ann["num_lidar_pts"] > best["num_lidar_pts"]:
+                best = ann
+    assert best is not None, "the synthetic world should hold a parked vehicle"
+    return best
+
+
+def _in_box(points_ego: np.ndarray, global_T_ego: np.ndarray, ann: dict, margin: float) -> np.ndarray:
+    from pyquaternion import Quaternion
+
+    p = apply_4x4(global_T_ego, points_ego.astype(np.float64)) - np.array(ann["translation"])
+    local = p @ Quaternion(ann["rotation"]).rotation_matrix  # = R^T p per row
+    w, l, h = ann["size"]
+    return np.all(np.abs(local) <= np.array([l, w, h]) / 2 + margin, axis=1)
+
+
+def test_multi_sweep_static_object_lands_in_the_same_voxels(synth_root, test_grid):
+    from occfeat.data.voxelize import SweepJob, job_points
+
+    index = SampleIndex(synth_root, TINY_VERSION, "mini_train")
+    rec = index.record(index.tokens[-1])  # the last key frame has a full history of previous sweeps
+    sweeps = rec.sweeps(10)
+    assert len(sweeps) == 10 and sweeps[0].is_key_frame and not sweeps[-1].is_key_frame
+    ann = _static_vehicle(index, rec.token)
+
+    def one_sweep(s, ego_T_lidar):
+        pts = job_points(SweepJob(rec.token, (str(s.path),), (ego_T_lidar,), (rec.lidar.ego_T_lidar,)))
+        above_ground = apply_4x4(rec.global_T_ego, pts.astype(np.float64))[:, 2] > 0.01
+        return pts[above_ground]
+
+    key_pts = one_sweep(sweeps[0], sweeps[0].ego_T_lidar)
+    key_vox = voxelize_points(key_pts[_in_box(key_pts, rec.global_T_ego, ann, 0.0)], test_grid)
+    assert key_vox.sum() >= 3
+    for s in sweeps[1:]:
+        pts = one_sweep(s, s.ego_T_lidar)
+        near = _in_box(pts, rec.global_T_ego, ann, 0.25)
+        inside = _in_box(pts, rec.global_T_ego, ann, 0.0)
+        assert near.sum() >= 20
+        assert inside.sum() == near.sum()  # every return near the parked car is on it
+        vox = voxelize_points(pts[inside], test_grid)
+        assert (vox & key_vox).sum() >= 0.5 * vox.sum()  # the same voxels as the key frame's points
+    # the control: taking the oldest sweep as if it were shot at the key-frame pose misses the car
+    pts = one_sweep(sweeps[-1], rec.lidar.ego_T_lidar)
+    assert _in_box(pts, rec.global_T_ego, ann, 0.0).sum() < 0.5 * near.sum()
+
+    # and the accumulated points are exactly the per-sweep ones
+    acc = sample_points_ego(rec, 10)
+    assert len(acc) == sum(len(job_points(SweepJob(rec.token, (str(s.path),), (s.ego_T_lidar,), (rec.lidar.ego_T_lidar,))))
+                           for s in sweeps)

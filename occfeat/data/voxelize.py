@@ -183,7 +183,8 @@ def build_occupancy(
 
     Bad input (missing/truncated LiDAR file, missing pose) raises a one-line OccfeatError naming the
     sample and file, or with ``skip_bad`` is skipped: row left zero, ``valid`` False, token listed in
-    the file's ``skipped`` attribute and in the returned summary.
+    the file's ``skipped`` attribute and in the returned summary. ``index``: an already loaded
+    SampleIndex of the same dataroot/version/split to reuse (the devkit load is the slow part of a tiny run).
     """
     if sweeps < 1:
         raise OccfeatError(f"--sweeps must be >= 1, got {sweeps}")
