@@ -1,5 +1,6 @@
 """occfeat extract: teacher loading, stored tokens vs timm's forward, resume, refusals, bad inputs."""
 
+import re
 import shutil
 
 import h5py
@@ -21,7 +22,10 @@ from occfeat.errors import OccfeatError
 from tests.fixtures.features import FEATURE_INPUT_SIZE
 from tests.fixtures.synth import TINY_VERSION
 
-SMALL = (28, 42)  # 2 x 3 patches: the cheapest input for tests that only exercise the plumbing
+# Tests of the plumbing (resume, refusals, bad images, CLI) use the cheapest timm ViT at 2 x 3 patches of
+# 16 px: "any timm ViT works", and it is ~4x faster to build and run than ViT-S on a shared 2-core CPU.
+TINY = "vit_tiny_patch16_224"
+SMALL = (32, 48)
 
 
 def reference_tokens(model, path, input_size) -> np.ndarray:
@@ -65,7 +69,7 @@ def test_feature_reader_refuses_other_teacher(features_h5):
 
 
 def test_resume_after_a_crash_finishes_the_rest(synth_root, tmp_path, monkeypatch):
-    kw = dict(random_teacher=True, input_size=SMALL, batch_size=12, device="cpu", progress=False, block_samples=2)
+    kw = dict(teacher=TINY, random_teacher=True, input_size=SMALL, batch_size=12, device="cpu", progress=False, block_samples=2)
     ref = extract_features(synth_root, TINY_VERSION, "mini_val", tmp_path / "ref.h5", **kw)
     assert ref.samples == 6 and ref.computed == 6
 
@@ -93,14 +97,14 @@ def test_resume_after_a_crash_finishes_the_rest(synth_root, tmp_path, monkeypatc
     assert extract_features(synth_root, TINY_VERSION, "mini_val", out, **kw).computed == 0
     # refuses to continue under another input size or teacher weights
     with pytest.raises(OccfeatError, match="input_size"):
-        extract_features(synth_root, TINY_VERSION, "mini_val", out, **{**kw, "input_size": (28, 28)})
-    weights = tmp_path / "w.safetensors"
-    save_file(timm.create_model("vit_small_patch14_dinov2", pretrained=False).state_dict(), str(weights))
+        extract_features(synth_root, TINY_VERSION, "mini_val", out, **{**kw, "input_size": (32, 32)})
+    weights = tmp_path / "w.safetensors"  # a timm-layout safetensors file: loads, but it is another teacher
+    save_file(build_teacher(TINY, random_teacher=True, input_size=SMALL)[0].state_dict(), str(weights))
     with pytest.raises(OccfeatError, match="pretrained|weights"):
         extract_features(synth_root, TINY_VERSION, "mini_val", out, **{**kw, "random_teacher": False, "weights": weights})
 
 
-def test_original_dinov2_checkpoint_loads_and_timm_layout_safetensors_too(tmp_path):
+def test_original_dinov2_checkpoint_loads(tmp_path):
     # The original DINOv2 layout = timm's keys + mask_token, position embedding for 518 x 518 (37 x 37 patches).
     original = timm.create_model("vit_small_patch14_dinov2", pretrained=False)
     sd = dict(original.state_dict(), mask_token=torch.zeros(1, 384))
@@ -116,15 +120,11 @@ def test_original_dinov2_checkpoint_loads_and_timm_layout_safetensors_too(tmp_pa
     torch.testing.assert_close(model.pos_embed[:, 1:], want.permute(0, 2, 3, 1).reshape(1, 28, 384))
     torch.testing.assert_close(model.pos_embed[:, :1], sd["pos_embed"][:, :1])
 
-    st = tmp_path / "w.safetensors"
-    save_file({k: v for k, v in sd.items() if k != "mask_token"}, str(st))
-    model2, _, _ = build_teacher(weights=st, input_size=FEATURE_INPUT_SIZE)
-    torch.testing.assert_close(model2.pos_embed, model.pos_embed)
 
 
 def test_missing_weights_file_is_a_one_line_error(tmp_path):
     with pytest.raises(OccfeatError, match="--weights") as e:
-        build_teacher(weights=tmp_path / "nope.pth", input_size=SMALL)
+        build_teacher(TINY, weights=tmp_path / "nope.pth", input_size=SMALL)
     assert "\n" not in str(e.value)
 
 
@@ -132,7 +132,7 @@ def test_offline_without_weights_names_every_way_out(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(OccfeatError) as e:
-        build_teacher(input_size=SMALL)
+        build_teacher(TINY, input_size=SMALL)
     msg = str(e.value)
     assert "--weights" in msg and "HF_HUB_OFFLINE=1" in msg and "--random-teacher" in msg and "\n" not in msg
 
@@ -144,12 +144,12 @@ def test_input_size_must_be_multiples_of_the_patch():
 
 def test_corrupt_jpeg_is_named_and_skip_bad_marks_the_sample(synth_root, tmp_path):
     root = tmp_path / "root"
-    shutil.copytree(synth_root, root)
+    shutil.copytree(synth_root, root, ignore=shutil.ignore_patterns("sweeps"))  # LiDAR: not read here
     index = SampleIndex(root, TINY_VERSION, "mini_val")
     bad = index[2].cameras[3].path
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
-    kw = dict(random_teacher=True, input_size=SMALL, batch_size=12, device="cpu", progress=False)
-    with pytest.raises(OccfeatError, match=f"camera image {bad} is corrupt") as e:
+    kw = dict(teacher=TINY, random_teacher=True, input_size=SMALL, batch_size=12, device="cpu", progress=False)
+    with pytest.raises(OccfeatError, match=re.escape(f"camera image {bad} is corrupt")) as e:
         extract_features(root, TINY_VERSION, "mini_val", tmp_path / "a.h5", **kw)
     assert "\n" not in str(e.value)
     s = extract_features(root, TINY_VERSION, "mini_val", tmp_path / "b.h5", skip_bad=True, **kw)
@@ -157,7 +157,7 @@ def test_corrupt_jpeg_is_named_and_skip_bad_marks_the_sample(synth_root, tmp_pat
     r = FeatureReader(tmp_path / "b.h5")
     assert index.tokens[2] not in r and len(r) == 5
     bad.unlink()
-    with pytest.raises(OccfeatError, match=f"camera image {bad} is missing"):
+    with pytest.raises(OccfeatError, match=re.escape(f"camera image {bad} is missing")):
         extract_features(root, TINY_VERSION, "mini_val", tmp_path / "c.h5", **kw)
 
 
@@ -166,7 +166,7 @@ def test_cli_extract_and_one_line_errors(synth_root, tmp_path):
 
     runner = CliRunner()
     base = ["extract", "--dataroot", str(synth_root), "--version", TINY_VERSION, "--split", "mini_train"]
-    res = runner.invoke(app, [*base, "--out", str(tmp_path / "f.h5"), "--input-size", "28x42", "--random-teacher", "--device", "cpu"])
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "f.h5"), "--teacher", TINY, "--input-size", "32x48", "--random-teacher", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert FeatureReader(tmp_path / "f.h5").feature_hw == (2, 3)
     res = runner.invoke(app, [*base, "--out", str(tmp_path / "g.h5"), "--input-size", "224by406", "--random-teacher"])
