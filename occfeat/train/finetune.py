@@ -360,6 +360,8 @@ def run_finetune(
     by every run beside this one.
     """
     out = Path(out)
+    if not resume and out.exists() and any(out.iterdir()):  # before the slow setup; fit checks it again
+        raise OccfeatError(f"run dir {out} already exists; pass --resume to continue it or choose another --out")
     train_index = SampleIndex(dataroot, version, split)
     val_index = SampleIndex(dataroot, version, val_split, nusc=train_index.nusc)
     chosen = set(select_labelled(train_index.tokens, cfg.fraction, cfg.train.seed))
