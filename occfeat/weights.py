@@ -15,7 +15,10 @@ Anything else is a one-line :class:`OccfeatError` saying how to provide weights.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +49,39 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the HF endpoint: huggingface_hub itself retries for about a minute."""
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable():
+    """Use the HF cache alone (as HF_HUB_OFFLINE=1 would) when the hub cannot be reached."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    if not saved and not _hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _first_detail(e: Exception) -> str:
+    """The informative line of a load error: torch's load_state_dict puts a header line first."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if ln.startswith(("Missing key", "Unexpected key", "size mismatch"))), None)
+    return (detail or (lines[0] if lines else type(e).__name__))[:240]
+
+
 def create_timm_model(
     name: str,
     weights: str | Path | None = None,
@@ -69,11 +105,11 @@ def create_timm_model(
         try:
             model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
         except (RuntimeError, KeyError, ValueError, OSError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise OccfeatError(f"weights file {path} does not fit timm model '{name}': {first}") from e
+            raise OccfeatError(f"weights file {path} does not fit timm model '{name}': {_first_detail(e)}") from e
         return model, Provenance(name, True, f"file:{path.resolve()}", sha256_file(path))
     try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
+        with _hub_offline_unless_reachable():
+            model = timm.create_model(name, pretrained=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - hub/cache failures come as many types (OSError, HTTP, LocalEntryNotFound)
         raise OccfeatError(
             f"no weights for '{name}' offline: pass {weights_flag} PATH (safetensors/.pth), or fill the HF cache "
