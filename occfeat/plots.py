@@ -75,7 +75,9 @@ def plot_samples(npz_path: Path, path: Path) -> Path:
             ax.set_title(title if i == 0 else "")
             ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLORS[c % len(CLASS_COLORS)]) for c in range(len(classes))]
-    fig.legend(handles, classes, loc="lower center", ncol=len(classes))
+    handles.append(plt.Rectangle((0, 0), 1, 1, color=(0.15, 0.15, 0.15)))
+    labels = [*classes, "excluded from IoU (low visibility)"]
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels))
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
