@@ -228,10 +228,12 @@ def _ground_color(x, y, mat, out):
 
 
 @njit(parallel=True, cache=True)
-def camera_kernel(H, W, K_inv, R, origin, boxes, colors, kinds, rect, centers, hw0, hw1, lanes0, lanes1, carparks, P,
-                  rgb, hit, proj):
+def camera_kernel(H, W, K_inv, R, origin, boxes, colors, kinds, rect, t_low, need_proj, centers, hw0, hw1, lanes0,
+                  lanes1, carparks, P, rgb, hit, proj):
     """rgb (H, W, 3) uint8, hit (H, W) int32 box index or -1, proj (H, N) int32 pixels each box covers
-    ignoring occlusion (for visibility). rect (N, 4) int: row0, row1, col0, col1 (half-open)."""
+    ignoring occlusion (counted where need_proj, for visibility). rect (N, 4) int: row0, row1, col0, col1
+    (half-open). Boxes come sorted by t_low, a lower bound of their distance, so a box already hidden
+    behind the nearest hit so far is skipped without a test."""
     N = boxes.shape[0]
     ox, oy, oz = origin[0], origin[1], origin[2]
     for r in prange(H):
@@ -248,12 +250,17 @@ def camera_kernel(H, W, K_inv, R, origin, boxes, colors, kinds, rect, centers, h
             gz = R[2, 0] * cx + R[2, 1] * cy + R[2, 2] * cz
             nrm = math.sqrt(gx * gx + gy * gy + gz * gz)
             dirs[col, 0], dirs[col, 1], dirs[col, 2] = gx / nrm, gy / nrm, gz / nrm
+            if dirs[col, 2] < -1e-9:
+                depth[col] = -oz / dirs[col, 2]  # the ground hides whatever lies beyond it
         for b in range(N):
             if rect[b, 0] <= r < rect[b, 1]:
                 for col in range(rect[b, 2], rect[b, 3]):
+                    if t_low[b] >= depth[col] and not need_proj[b]:
+                        continue
                     t, _, _ = _hit_box(ox, oy, oz, dirs[col, 0], dirs[col, 1], dirs[col, 2], boxes[b])
                     if t < math.inf:
-                        proj[r, b] += 1
+                        if need_proj[b]:
+                            proj[r, b] += 1
                         if t < depth[col]:
                             depth[col], best[col] = t, b
         px = np.empty(3)
@@ -342,6 +349,9 @@ def render_camera(layout: Layout, boxset: BoxSet, global_T_cam: np.ndarray, K: n
     """Ray-cast one image. Returns (rgb (H, W, 3) uint8, hit (H, W) int32 index into the returned
     BoxSet or -1, projected (N,) pixels each box would cover unoccluded, the culled BoxSet)."""
     bs = boxset.near(global_T_cam[:2, 3], CAMERA_RANGE)
+    t_low = np.maximum(np.linalg.norm(bs.boxes[:, :3] - global_T_cam[:3, 3], axis=1) - np.linalg.norm(bs.boxes[:, 3:6], axis=1), 0.0)
+    order = np.argsort(t_low, kind="stable")
+    bs, t_low = BoxSet(bs.boxes[order], bs.colors[order], bs.kinds[order], bs.agent[order]), t_low[order]
     cam_T_global = np.linalg.inv(global_T_cam)
     corners = box_corners(bs.boxes) @ cam_T_global[:3, :3].T + cam_T_global[:3, 3]
     z = corners[..., 2]
@@ -363,6 +373,7 @@ def render_camera(layout: Layout, boxset: BoxSet, global_T_cam: np.ndarray, K: n
     proj = np.zeros((height, len(bs.boxes)), dtype=np.int32)
     camera_kernel(height, width, np.linalg.inv(K), np.ascontiguousarray(global_T_cam[:3, :3]),
                   np.ascontiguousarray(global_T_cam[:3, 3]), bs.boxes, bs.colors.astype(np.float64), bs.kinds, rect,
+                  t_low, bs.agent >= 0,
                   *_ground_args(layout), rgb, hit, proj)
     return rgb, hit, proj.sum(0), bs
 
