@@ -9,6 +9,7 @@ moving agents are placed at that timestamp too.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 from collections import defaultdict
@@ -300,6 +301,4 @@ def _write(root: Path, cfg: SynthConfig, timings: dict) -> None:
     tables["map"] = [{"token": mask_file.split("/")[-1][:-4], "log_tokens": [r["token"] for r in tables["log"]],
                       "category": "semantic_prior", "filename": mask_file}]
     write_tables(root / cfg.version, tables)
-    import json
-
     (root / cfg.version / "splits.json").write_text(json.dumps({"synth_train": train, "synth_val": val}, indent=1))
