@@ -6,6 +6,7 @@
 On a synthetic dataroot (``occfeat.data.synth.write_dataroot``, nuScenes-sized JPEGs by default) with a
 RANDOM-INIT teacher (no hub here; the speed of a ViT does not depend on its weight values):
 
+- decode: JPEG decode + resize alone, one process (what each DataLoader worker does);
 - forward: the teacher alone on preloaded, already normalised tensors in the same batches — the floor;
 - end to end: ``extract_features`` — devkit records, JPEG decode + resize, normalise, forward, float16,
   crash-safe HDF5 blocks and the final assembly;
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from occfeat.data.extract import DEFAULTS, build_teacher, extract_features, normalize, patch_tokens, resolve_device
-from occfeat.data.index import CAMERAS
+from occfeat.data.extract import DEFAULTS, build_teacher, extract_features, load_image, normalize, patch_tokens, resolve_device
+from occfeat.data.index import CAMERAS, SampleIndex
 
 TRAINVAL_KEY_FRAMES = 34_149
 
@@ -82,6 +83,11 @@ def main() -> None:
         model.to(dev)
         n_images = args.samples * len(CAMERAS)
         fwd = bare_forward(model, info, dev, n_images, args.batch_size)
+        paths = [cam.path for rec in SampleIndex(root, version, "all") for cam in rec.cameras]
+        t = time.perf_counter()
+        for p in paths:
+            load_image(p, input_size)
+        decode = len(paths) / (time.perf_counter() - t)
 
         s = extract_features(
             root, version, "all", Path(d) / "feats.h5", random_teacher=True, input_size=input_size,
@@ -90,9 +96,11 @@ def main() -> None:
         e2e = s.images_per_s
         per_sample = 2 * len(CAMERAS) * info["feature_hw"][0] * info["feature_hw"][1] * info["feature_dim"]  # float16 bytes
     print(f"\n{'':<34}{'images/s':>10}")
+    print(f"{'JPEG decode + resize (1 process)':<34}{decode:>10.2f}")
     print(f"{'teacher forward (preloaded)':<34}{fwd:>10.2f}")
     print(f"{'end to end (JPEG -> HDF5)':<34}{e2e:>10.2f}")
     print(f"ratio end-to-end / forward: {e2e / fwd:.2f}")
+    print(f"decode processes needed to feed 2,000 images/s (the H100 goal): {2000 / decode:.0f}")
     images = TRAINVAL_KEY_FRAMES * len(CAMERAS)
     print(f"\nnuScenes trainval ({TRAINVAL_KEY_FRAMES:,} key frames, {images:,} images) at this rate: "
           f"{images / e2e / 3600:.1f} h; file size {TRAINVAL_KEY_FRAMES * per_sample / 1e9:.1f} GB "

@@ -29,9 +29,12 @@ SMALL = (32, 48)
 
 
 def reference_tokens(model, path, input_size) -> np.ndarray:
-    """Patch tokens of one image written out independently: PIL resize, ImageNet mean/std, timm forward."""
+    """Patch tokens of one image written out independently: PIL JPEG draft + resize, ImageNet mean/std,
+    timm forward."""
     h, w = input_size
-    img = np.asarray(Image.open(path).convert("RGB").resize((w, h), Image.Resampling.BILINEAR), np.float32) / 255
+    im = Image.open(path)
+    im.draft("RGB", (w, h))
+    img = np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR), np.float32) / 255
     x = torch.from_numpy((img - np.array(IMAGENET_DEFAULT_MEAN)) / np.array(IMAGENET_DEFAULT_STD)).float()
     with torch.no_grad():
         out = model.forward_features(x.permute(2, 0, 1)[None])  # (1, 1 + Hp*Wp, C): class token first

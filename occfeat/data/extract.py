@@ -156,11 +156,15 @@ def normalize(images: torch.Tensor, info: dict) -> torch.Tensor:
 
 # ---- images ----
 def load_image(path: str | Path, input_size: tuple[int, int]) -> torch.Tensor:
-    """A camera image resized whole to ``input_size`` (H, W): uint8 (3, H, W). PIL bilinear (antialiased
-    when shrinking). One-line error naming the file if it is missing or not a readable image."""
+    """A camera image resized whole to ``input_size`` (H, W): uint8 (3, H, W). JPEG draft decoding, then
+    PIL bilinear (antialiased when shrinking). One-line error naming the file if it is missing or not a readable image."""
     h, w = input_size
     try:
         with Image.open(path) as im:
+            # JPEGs: libjpeg decodes at 1/2, 1/4 or 1/8 scale in the DCT domain while the result stays >= the
+            # input size (1600x900 -> 800x450 for 224x406): ~2x faster decoding, the CPU-side bottleneck
+            # of a GPU run (BENCHMARKS.md); mean difference to a full decode ~0.3 of 255 levels.
+            im.draft("RGB", (w, h))
             im = im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
     except FileNotFoundError:
         raise OccfeatError(f"camera image {path} is missing; restore it or rerun with --skip-bad") from None
