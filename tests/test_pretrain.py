@@ -79,3 +79,105 @@ def test_jpeg_draft_decoding_keeps_the_geometry(tmp_path):
     img, K_in = load_camera(str(path), K, (112, 200), (200, 112), (0, 0))
     uv, _ = project_points(K_in, p[None])
     assert np.abs(uv[0] - _bright_centroid(img)).max() < 0.75
+
+
+# ---- the pretraining task on the synthetic world ----
+def tiny(test_grid, **extra) -> dict:
+    """Overrides that shrink any recipe to CPU-test size (the recipe's own choices stay: arch, loss, λ...)."""
+    delta = {
+        "grid": test_grid.spec(),
+        "input_size": [32, 56],
+        "network": {"bev_channels": 8, "image_channels": 8, "fuse_channels": 16, "random_init": True,
+                    "bevformer_layers": 1, "bevformer_heads": 2, "bevformer_ffn_dim": 16},
+        "train": {"batch_size": 1, "num_workers": 0, "log_every": 1, "device": "cpu"},
+    }  # fmt: skip
+    for k, v in extra.items():
+        delta[k] = {**delta.get(k, {}), **v} if isinstance(v, dict) else v
+    return delta
+
+
+def make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, **extra):
+    from occfeat.config import load_config
+    from occfeat.train.pretrain import PretrainConfig, PretrainTask
+    from tests.fixtures.synth import TINY_VERSION
+
+    cfg = load_config(PretrainConfig, recipe, tiny(test_grid, **extra))
+    return PretrainTask(cfg, synth_root, TINY_VERSION, occupancy_h5, features_h5, split="mini_train")
+
+
+@pytest.mark.parametrize("arch", ["simplebev", "bevformer"])
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_network_x_recipe_takes_two_steps(recipe, arch, test_grid, synth_root, occupancy_h5, features_h5):
+    from occfeat.models import NETWORKS
+
+    assert arch in NETWORKS
+    task = make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, network={"arch": arch})
+    loader = torch.utils.data.DataLoader(task.train_set, batch_size=1, collate_fn=task.collate)
+    opt = torch.optim.Adam(task.model.parameters(), lr=1e-3)
+    encoder = task.model.network.encoder.backbone
+    for _, batch in zip(range(2), loader):
+        assert batch["images"].shape == (1, 6, 3, 32, 56) and batch["occupancy"].shape == (1, *test_grid.shape)
+        assert batch["features"].shape[-1] == task.cfg.feature_dim == 384
+        opt.zero_grad()
+        loss, terms = task.loss(task.model, batch)
+        assert torch.isfinite(loss) and set(terms) == {"loss", "loss_occ", "loss_feat"}
+        loss.backward()
+        grads = [p.grad for p in encoder.parameters() if p.grad is not None]
+        assert grads and sum(float(g.abs().sum()) for g in grads) > 0, "no gradient reached the image encoder"
+        opt.step()
+    mode, lam = task.cfg.loss, task.cfg.lam
+    total, occ, feat = (float(terms[k]) for k in ("loss", "loss_occ", "loss_feat"))
+    want = {"both": occ + lam * feat, "occ": occ, "feat": feat}[mode]
+    assert total == pytest.approx(want, rel=1e-5) and occ > 0 and (feat != 0) == (mode != "occ")
+
+
+def test_cache_mismatches_are_one_line_errors(test_grid, synth_root, occupancy_h5, features_h5):
+    recipe = RECIPES[0]
+    other = {"bounds": [[-20.0, 20.0], [-25.0, 25.0], [-3.5, 6.5]], "shape": [40, 50, 8]}
+    with pytest.raises(OccfeatError, match="was built on grid") as e:
+        make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, grid=other)
+    assert "\n" not in str(e.value)
+    with pytest.raises(OccfeatError, match="holds 384-dim teacher features but the recipe's head predicts feature_dim=768"):
+        make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, feature_dim=768)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_pretrains_resumes_exactly_and_writes_what_finetune_loads(tmp_path, test_grid, synth_root, occupancy_h5, features_h5):
+    from occfeat.config import merge
+    from occfeat.models import NetworkConfig, build_network
+    from occfeat.grid import BevGrid
+    from occfeat.train.pretrain import load_pretrained_network
+    from tests.fixtures.synth import TINY_VERSION
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "pretrain" / "synthetic-tiny.yaml"
+    common = ["pretrain", "--recipe", recipe, "--dataroot", synth_root, "--version", TINY_VERSION, "--occupancy", occupancy_h5,
+              "--features", features_h5, "--split", "mini_train", "--epochs", "2", "input_size=[32,56]",
+              "network.bev_channels=8", "network.image_channels=8", "network.fuse_channels=16", "train.num_workers=0"]  # fmt: skip
+    full = _cli(*common, "--out", tmp_path / "full")
+    assert full.exit_code == 0, full.output
+    part = _cli(*common, "--out", tmp_path / "part", "train.max_steps=4")  # 6 samples / batch 2: stop mid-epoch 2
+    assert part.exit_code == 0, part.output
+    again = _cli(*common, "--out", tmp_path / "part")
+    assert again.exit_code == 2 and again.output.count("\n") == 1 and "already exists; pass --resume" in again.output
+    res = _cli(*common, "--out", tmp_path / "part", "--resume")
+    assert res.exit_code == 0, res.output
+    read = lambda d: [json.loads(r) for r in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    key = lambda r: (r["step"], r["loss"], r["loss_occ"], r["loss_feat"])  # noqa: E731
+    assert [key(r) for r in read("part")] == [key(r) for r in read("full")] and len(read("full")) == 6
+
+    prov = json.loads((tmp_path / "full" / "provenance.json").read_text())
+    assert prov["random_init"] and prov["backbone"]["source"] == "random-init" and prov["teacher"]["pretrained"] is False
+    state, config = load_pretrained_network(tmp_path / "full")
+    assert config["feature_dim"] == 384 and config["data"]["split"] == "mini_train" and config["train"]["epochs"] == 2
+    assert not any(k.startswith("head.") for k in state)
+    net = build_network(merge(NetworkConfig(), config["network"]), BevGrid.from_spec(config["grid"]))
+    net.load_state_dict(state)  # strict: the checkpoint is exactly the network, head left out
+    bad = _cli(*common, "--out", tmp_path / "full", "--resume", "lam=0.5")
+    assert bad.exit_code == 2 and "lam (0.01 → 0.5)" in bad.output
