@@ -25,6 +25,7 @@ from occfeat.data.occupancy import (
     transform_drop_box,
     unpack_occupancy,
     voxelize_points,
+    voxelize_points_packed,
 )
 from occfeat.data.store import CacheWriter, Payload
 from occfeat.data.voxelize import build_occupancy, occupancy_spec, sample_points_ego
@@ -58,6 +59,7 @@ def test_kernel_matches_numpy_reference_on_random_points(grid, dtype):
     occ = voxelize_points(pts, grid)
     assert occ.dtype == np.bool_ and occ.shape == grid.shape
     np.testing.assert_array_equal(occ, reference_occupancy(pts, grid))
+    np.testing.assert_array_equal(voxelize_points_packed(pts, grid), np.packbits(occ, axis=-1))
     assert 0 < occ.sum() < occ.size  # neither trivially empty nor full
 
 
@@ -77,7 +79,9 @@ def test_kernel_matches_reference_on_cell_edges_bounds_nan_inf(grid):
     pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     for dtype in (np.float64, np.float32):
         p = pts.astype(dtype)
-        np.testing.assert_array_equal(voxelize_points(p, grid), reference_occupancy(p, grid))
+        ref = reference_occupancy(p, grid)
+        np.testing.assert_array_equal(voxelize_points(p, grid), ref)
+        np.testing.assert_array_equal(voxelize_points_packed(p, grid), np.packbits(ref, axis=-1))
 
     # hand-checked cases
     lo, hi = grid.lower, grid.upper
@@ -106,6 +110,8 @@ def test_pack_unpack_roundtrip(z):
     occ = np.random.default_rng(z).random((7, 6, z)) < 0.3
     packed = pack_occupancy(occ)
     assert packed.dtype == np.uint8 and packed.shape == (7, 6, (z + 7) // 8)
+    np.testing.assert_array_equal(packed, np.packbits(occ, axis=-1))  # the documented format, whatever the path
+    np.testing.assert_array_equal(pack_occupancy(occ[:, ::2]), np.packbits(occ[:, ::2], axis=-1))  # non-contiguous
     np.testing.assert_array_equal(unpack_occupancy(packed, z), occ)
     # big bit order: z = 0 is the most significant bit of byte 0 (what data/README.md documents)
     one = np.zeros((1, 1, z), bool)

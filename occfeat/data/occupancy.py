@@ -25,22 +25,39 @@ PACKING = {"packing": "packbits", "packed_axis": "z", "bitorder": "big"}
 
 
 # ---- kernels ----
+@numba.njit(cache=True, nogil=True, inline="always")
+def _cell(p, lo, size, inv):  # pragma: no cover - compiled
+    # floor((p - lo) / size) exactly as BevGrid.points_to_index computes it in float64, but with a
+    # multiply (float64 division is the kernel's bottleneck): the product differs from the quotient by
+    # at most a couple of ulps (~1e-13 here), so only a value that close to an integer can floor
+    # differently - redo those with the division.
+    r = (p - lo) * inv
+    f = np.floor(r)
+    if r - f < 1e-9 or r - f > 1.0 - 1e-9:
+        f = np.floor((p - lo) / size)
+    return f
+
+
 @numba.njit(cache=True, nogil=True)
-def _mark_occupied(points, lower, size, nx, ny, nz, out):  # pragma: no cover - compiled
-    # Same float64 arithmetic as BevGrid.points_to_index ((p - lower) / size, floor, half-open range
-    # test), so both agree bit for bit. The range test runs on the float before any int cast: NaN fails
-    # every comparison and +-inf fails the range, so neither reaches the (undefined) cast.
+def _mark_occupied(points, lower, size, nx, ny, nz, out, packed):  # pragma: no cover - compiled
+    # The range test runs on the float before any int cast: NaN fails every comparison and +-inf
+    # fails the range, so neither reaches the (undefined) cast. Cells are half-open.
+    inv_x, inv_y, inv_z = 1.0 / size[0], 1.0 / size[1], 1.0 / size[2]
     for i in range(points.shape[0]):
-        fx = np.floor((np.float64(points[i, 0]) - lower[0]) / size[0])
+        fx = _cell(np.float64(points[i, 0]), lower[0], size[0], inv_x)
         if not (fx >= 0.0 and fx < nx):
             continue
-        fy = np.floor((np.float64(points[i, 1]) - lower[1]) / size[1])
+        fy = _cell(np.float64(points[i, 1]), lower[1], size[1], inv_y)
         if not (fy >= 0.0 and fy < ny):
             continue
-        fz = np.floor((np.float64(points[i, 2]) - lower[2]) / size[2])
+        fz = _cell(np.float64(points[i, 2]), lower[2], size[2], inv_z)
         if not (fz >= 0.0 and fz < nz):
             continue
-        out[int(fx), int(fy), int(fz)] = True
+        iz = int(fz)
+        if packed:  # (X, Y, ceil(Z/8)) uint8, big bit order: z = 0 is the top bit of byte 0
+            out[int(fx), int(fy), iz >> 3] |= np.uint8(128 >> (iz & 7))
+        else:  # (X, Y, Z) bool viewed as uint8
+            out[int(fx), int(fy), iz] = 1
 
 
 def voxelize_points(points: np.ndarray, grid: BevGrid, out: np.ndarray | None = None) -> np.ndarray:
@@ -50,14 +67,26 @@ def voxelize_points(points: np.ndarray, grid: BevGrid, out: np.ndarray | None = 
     points are ignored; cells are half-open exactly as :meth:`BevGrid.points_to_index`.
     out: optional (X, Y, Z) bool array to OR into (e.g. to accumulate). Returns (X, Y, Z) bool.
     """
+    if out is None:
+        out = np.zeros(grid.shape, dtype=np.bool_)
+    _run_kernel(points, grid, out.view(np.uint8), False)
+    return out
+
+
+def voxelize_points_packed(points: np.ndarray, grid: BevGrid) -> np.ndarray:
+    """Same occupancy, written straight into the on-disk format: (X, Y, ceil(Z/8)) uint8, equal to
+    ``pack_occupancy(voxelize_points(points, grid))`` without the 8x larger bool grid in between."""
+    out = np.zeros((*grid.shape[:2], (grid.shape[2] + 7) // 8), dtype=np.uint8)
+    _run_kernel(points, grid, out, True)
+    return out
+
+
+def _run_kernel(points: np.ndarray, grid: BevGrid, out: np.ndarray, packed: bool) -> None:
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] < 3:
         raise ValueError(f"points must be (N, >=3), got {points.shape}")
-    if out is None:
-        out = np.zeros(grid.shape, dtype=np.bool_)
     nx, ny, nz = grid.shape
-    _mark_occupied(points, grid.lower, grid.voxel_size, nx, ny, nz, out)
-    return out
+    _mark_occupied(points, grid.lower, grid.voxel_size, nx, ny, nz, out, packed)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -106,12 +135,20 @@ def transform_drop_box(
 
 # ---- storage format ----
 def pack_occupancy(occ: np.ndarray) -> np.ndarray:
-    """(..., Z) bool → (..., ceil(Z/8)) uint8, bit-packed along z (big bit order)."""
+    """(..., Z) bool → (..., ceil(Z/8)) uint8, bit-packed along z (big bit order): ``np.packbits(occ, axis=-1)``."""
+    z = occ.shape[-1]
+    if z % 8 == 0 and occ.flags.c_contiguous:
+        # Whole bytes per z column: packing the flat C-order array gives the same bytes ~40x faster
+        # (np.packbits along a short last axis loops per column).
+        return np.packbits(occ.reshape(-1), bitorder="big").reshape(*occ.shape[:-1], z // 8)
     return np.packbits(occ, axis=-1, bitorder="big")
 
 
 def unpack_occupancy(packed: np.ndarray, z: int) -> np.ndarray:
     """Inverse of :func:`pack_occupancy`: (..., ceil(Z/8)) uint8 → (..., Z) bool."""
+    if z % 8 == 0:
+        packed = np.ascontiguousarray(packed)
+        return np.unpackbits(packed.reshape(-1), bitorder="big").reshape(*packed.shape[:-1], z).view(np.bool_)
     return np.unpackbits(packed, axis=-1, count=z, bitorder="big").view(np.bool_)
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from occfeat import __version__
 from occfeat.data.index import EGO_BOX, LIDAR, POINT_BYTES, SampleIndex, SampleRecord, read_points
-from occfeat.data.occupancy import KIND, PACKING, pack_occupancy, transform_drop_box, voxelize_points
+from occfeat.data.occupancy import KIND, PACKING, transform_drop_box, voxelize_points, voxelize_points_packed
 from occfeat.data.store import CacheWriter, Payload
 from occfeat.errors import OccfeatError
 from occfeat.geometry import invert_rigid
@@ -141,7 +141,7 @@ def _voxelize_job(job: SweepJob, grid: BevGrid | None = None) -> tuple[np.ndarra
         pts = job_points(job)
     except OccfeatError as e:
         return OccfeatError(f"sample {job.token}: {e}")
-    return pack_occupancy(voxelize_points(pts, grid or _GRID)), len(pts)
+    return voxelize_points_packed(pts, grid or _GRID), len(pts)
 
 
 # ---- the stage ----
