@@ -272,6 +272,8 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = _make_scheduler(cfg, optimizer, total_steps)
     step = 0
+    if resume and ckpt is None and env.is_main:
+        _truncate_metrics(metrics_path, 0)  # killed before its first checkpoint: start over cleanly
     if ckpt is not None:
         task.load_checkpoint_payload(ckpt["task"])
         optimizer.load_state_dict(ckpt["optimizer"])
