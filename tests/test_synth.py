@@ -227,3 +227,10 @@ def test_cli_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "o"), "--scenes", "0"])
     assert res.exit_code == 2 and "error: --scenes" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_dataroot_is_marked_synthetic(synth_root, tmp_path):
+    from occfeat.data.index import is_synthetic
+
+    assert is_synthetic(synth_root)
+    assert not is_synthetic(tmp_path)

@@ -44,6 +44,8 @@ VERSIONS = ("v1.0-mini", "v1.0-trainval", "v1.0-test")
 # car) with a margin, up to the LiDAR mount. LiDAR returns inside it are the car itself: the synthetic
 # world never produces them and voxelize drops them.
 EGO_BOX: tuple[tuple[float, float], tuple[float, float], tuple[float, float]] = ((-1.2, 3.6), (-1.1, 1.1), (-0.5, 2.0))
+# Written by `occfeat synth` at the top of every dataroot it makes: results computed on it are marked synthetic.
+SYNTH_MARKER = "occfeat_synth.json"
 # Bytes per LiDAR point in a nuScenes .pcd.bin: float32 x (x, y, z, intensity, ring).
 POINT_BYTES = 20
 
@@ -90,6 +92,11 @@ class SampleRecord:
     def sweeps(self, n: int) -> list[LidarSweep]:
         """The key-frame sweep and up to ``n - 1`` previous sweeps (fewer at the start of a scene)."""
         return self._index.sweeps(self, n)
+
+
+def is_synthetic(dataroot: str | Path) -> bool:
+    """True for a dataroot written by ``occfeat synth`` (it holds :data:`SYNTH_MARKER`)."""
+    return (Path(dataroot) / SYNTH_MARKER).is_file()
 
 
 def load_nuscenes(dataroot: str | Path, version: str):

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, default_collate
 
 from occfeat.config import merge, parse_overrides, read_recipe, to_dict
 from occfeat.data.gt import GtConfig, build_gt_cache, check_task, default_gt_path
-from occfeat.data.index import SampleIndex
+from occfeat.data.index import SampleIndex, is_synthetic
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.losses import segmentation_loss
@@ -294,18 +294,6 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
 
 # How a synthetic dataroot (`occfeat synth`) is told apart: a marker file at its top, or the custom
 # splits it writes into <version>/splits.json. Every result on it is marked synthetic.
-SYNTH_MARKERS = ("occfeat_synth.json",)
-SYNTH_SPLIT_PREFIX = "synth_"
-
-
-def is_synthetic(dataroot: str | Path, version: str) -> bool:
-    root = Path(dataroot)
-    if any((root / m).is_file() for m in SYNTH_MARKERS):
-        return True
-    splits = _read_json(root / version / "splits.json")
-    return any(str(k).startswith(SYNTH_SPLIT_PREFIX) for k in splits)
-
-
 def _device(cfg: FinetuneConfig) -> torch.device:
     if cfg.train.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -325,7 +313,7 @@ def run_info(cfg: FinetuneConfig, stamp: dict, dataroot: Path, version: str, spl
         "input_size": list(cfg.input_size),
         "pretraining": stamp["init"]["pretraining"],
         "init_run": stamp["init"]["run"],
-        "provenance": {"synthetic_data": is_synthetic(dataroot, version), **stamp["provenance"]},
+        "provenance": {"synthetic_data": is_synthetic(dataroot), **stamp["provenance"]},
         "dataroot": str(Path(dataroot).resolve()),
         "version": version,
         "labelled_samples": n_labelled,

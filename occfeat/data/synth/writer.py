@@ -8,6 +8,7 @@ moving agents are placed at that timestamp too.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -19,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from occfeat.data.index import CAMERAS, EGO_BOX, VERSIONS
+from occfeat import __version__
+from occfeat.data.index import CAMERAS, EGO_BOX, SYNTH_MARKER, VERSIONS
 from occfeat.data.synth.maps import write_map
 from occfeat.data.synth.render import annotation_boxes, boxes_at, cast_lidar, render_camera
 from occfeat.data.synth.rig import CAMERA_MOUNTS, KEYFRAME_HZ, LIDAR_MOUNT
@@ -302,3 +304,6 @@ def _write(root: Path, cfg: SynthConfig, timings: dict) -> None:
                       "category": "semantic_prior", "filename": mask_file}]
     write_tables(root / cfg.version, tables)
     (root / cfg.version / "splits.json").write_text(json.dumps({"synth_train": train, "synth_val": val}, indent=1))
+    # The marker that makes every downstream result say "synthetic data" (occfeat.data.index.is_synthetic).
+    (root / SYNTH_MARKER).write_text(json.dumps({"generator": "occfeat synth", "occfeat_version": __version__,
+                                                 "config": dataclasses.asdict(cfg)}, indent=1, sort_keys=True))
