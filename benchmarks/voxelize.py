@@ -99,8 +99,11 @@ def main() -> None:
             points = sum(len(job_points(j)) for j in jobs)  # also warms page cache and numba
             voxelize_points(job_points(jobs[0]), grid)
 
-            t_floor = best_of(lambda: [job_points(j) for j in jobs], args.repeats)
-            t_vox = best_of(lambda: [voxelize_points_packed(job_points(j), grid) for j in jobs], args.repeats)
+            # several passes per timing so a 1-sweep measurement is not a few milliseconds of noise
+            passes = max(1, 400 // n_sweeps)
+            t_floor = best_of(lambda: [job_points(j) for _ in range(passes) for j in jobs], args.repeats) / passes
+            t_vox = best_of(lambda: [voxelize_points_packed(job_points(j), grid) for _ in range(passes) for j in jobs],
+                            args.repeats) / passes
             builds = {}
             for workers in (0, 2):
                 def build():
