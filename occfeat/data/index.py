@@ -253,12 +253,11 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
     """
     p = Path(path)
     try:
-        raw = np.fromfile(p, dtype=np.float32)
+        size = os.stat(p).st_size  # the byte size: np.fromfile would silently drop a partial trailing float
     except FileNotFoundError as e:
         raise OccfeatError(f"LiDAR file {p} is missing; restore it or rerun with --skip-bad") from e
-    if raw.size * 4 % POINT_BYTES:
+    if size % POINT_BYTES:
         raise OccfeatError(
-            f"LiDAR file {p} is truncated ({raw.size * 4} bytes, not a multiple of {POINT_BYTES}); "
-            "restore it or rerun with --skip-bad"
+            f"LiDAR file {p} is truncated ({size} bytes, not a multiple of {POINT_BYTES}); restore it or rerun with --skip-bad"
         )
-    return raw.reshape(-1, 5)
+    return np.fromfile(p, dtype=np.float32).reshape(-1, 5)
