@@ -67,6 +67,8 @@ def test_cache_writer_resumes_after_interruption_and_refuses_other_spec(tmp_path
     assert _writer(tmp_path).pending() == []
     with pytest.raises(OccfeatError, match="another setting"):
         _writer(tmp_path, spec={"grid": {"shape": [3, 3]}, "sweeps": 1})
+    # descriptive keys (toolkit version, where the weights file lay) never invalidate a cache
+    assert _writer(tmp_path, spec={"grid": {"shape": [2, 2]}, "sweeps": 1, "occfeat_version": "9.9"}).complete
     r = CacheReader(tmp_path / "c.h5", expect={"sweeps": 1})
     assert r.get("x", "t1")[0, 0] == 1 and "t3" not in r
     with pytest.raises(OccfeatError, match="skipped"):

@@ -29,6 +29,13 @@ import numpy as np
 from occfeat.errors import OccfeatError
 
 PARTS_SUFFIX = ".parts"
+# Spec keys that describe a cache without defining it: stored, shown, never compared. Upgrading occfeat
+# or moving a weights file (same sha256) must not invalidate a 73 GB feature cache.
+DESCRIPTIVE_KEYS = frozenset({"occfeat_version", "weights_source"})
+
+
+def _defining(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k not in DESCRIPTIVE_KEYS}
 
 
 def _encode(v):
@@ -64,7 +71,7 @@ def read_spec(path: Path) -> dict:
 def check_spec(path: Path, want: dict, keys: list[str] | None = None) -> dict:
     """Refuse a cache whose spec differs from ``want`` on ``keys`` (default: all keys of ``want``)."""
     have = read_spec(path)
-    keys = list(want) if keys is None else keys
+    keys = list(_defining(want)) if keys is None else keys
     bad = {k: want[k] for k in keys if json.loads(_spec_json({k: have.get(k)})) != json.loads(_spec_json({k: want[k]}))}
     if bad:
         raise OccfeatError(
@@ -105,8 +112,9 @@ class CacheWriter:
             if not meta.is_file():
                 raise OccfeatError(f"{self.parts} is not an occfeat parts folder; delete it and rerun")
             old = json.loads(meta.read_text())
-            if old.get("spec") != json.loads(_spec_json(self.spec)) or old.get("tokens") != self.tokens:
-                diff = _spec_diff(old.get("spec", {}), json.loads(_spec_json(self.spec))) or "another sample list"
+            old_spec, new_spec = _defining(old.get("spec", {})), json.loads(_spec_json(_defining(self.spec)))
+            if old_spec != new_spec or old.get("tokens") != self.tokens:
+                diff = _spec_diff(old_spec, new_spec) or "another sample list"
                 raise OccfeatError(f"{self.parts} holds an unfinished run under another setting ({diff}); delete it or use another --out")
         else:
             self.out.parent.mkdir(parents=True, exist_ok=True)
