@@ -32,6 +32,7 @@ import cli.pretrain  # noqa: E402,F401
 import cli.finetune  # noqa: E402,F401
 import cli.evaluate  # noqa: E402,F401
 import cli.report  # noqa: E402,F401
+import cli.demo  # noqa: E402,F401
 # fmt: on
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@ def report(
     """Group finetune runs by architecture, backbone, pretraining, task and label fraction; print and write the table."""
     from occfeat.report import write_report
 
-    res = write_report(run_dirs, out, plots=plots)
+    print_report(write_report(run_dirs, out, plots=plots))
+
+
+def print_report(res: dict) -> None:
+    """The table of :func:`occfeat.report.write_report` in the terminal, with its legend."""
     table = res["table"]
     t = Table(title=f"BEV segmentation IoU ({len(res['runs'])} runs)")
     for name in table.index.names:

@@ -1,0 +1,219 @@
+"""A whole OccFeat experiment on a synthetic world, end to end, as one resumable run:
+
+    synth → voxelize → extract → pretrain (one run per pretraining) → finetune (task × fraction ×
+    pretraining × seed) → report
+
+``occfeat demo`` is this pipeline with the tiny preset (recipes/studies/demo.yaml); the synthetic
+pretraining study is the same pipeline with recipes/studies/synthetic.yaml. Every stage is the
+library call its own CLI command makes, so each shows its own progress, and every stage is
+idempotent: rerunning the same command skips what is finished and resumes what was interrupted.
+
+Output layout (``--out DIR``)::
+
+    dataroot/                  the synthetic nuScenes-format world
+    grid.json                  the grid every cache and run uses (from the pretrain recipe)
+    caches/occupancy.h5        voxelize
+    caches/features.h5         extract (random-init teacher unless weights are given: stamped)
+    pretrain/<name>/           one pretraining run per pretraining (occ, feat, occfeat, ...)
+    finetune/<task>-<name>-f<fraction>-s<seed>/   finetune runs (metrics.json each)
+    finetune/gt-cache/         ground truth, shared by the finetune runs
+    report/                    table.md, table.csv, plots
+    pipeline.json              the resolved study config and the seconds each stage took
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from occfeat.config import load_config, merge, to_dict
+from occfeat.data.index import SYNTH_MARKER
+from occfeat.data.synth import SynthConfig
+from occfeat.errors import OccfeatError
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+# A pretraining's name → the pretrain recipe's loss mode (Table 3). "none" = no pretraining (ImageNet
+# or random-init backbone only: the paper's "None" row).
+PRETRAININGS = {"none": None, "occ": "occ", "feat": "feat", "occfeat": "both"}
+
+
+@dataclass
+class StudyConfig:
+    """One experiment; study recipes in recipes/studies/ are deltas over these defaults."""
+
+    synth: SynthConfig = field(default_factory=lambda: SynthConfig(scenes=6, samples_per_scene=10, image_size=(480, 270)))
+    """The synthetic world (scenes are split ~80/20 into synth_train / synth_val)."""
+    train_split: str = "synth_train"
+    """Split for pretraining and the labelled finetuning pool."""
+    val_split: str = "synth_val"
+    """Split every finetune run is evaluated on."""
+    teacher: str = "vit_small_patch14_dinov2.lvd142m"
+    teacher_input: tuple[int, int] = (112, 196)
+    """(H, W) of the teacher's input, multiples of 14."""
+    teacher_weights: str | None = None
+    """DINOv2 weights file; None with random_teacher=False means the HF cache."""
+    random_teacher: bool = True
+    """Random-init teacher (no weights can be downloaded on CPU demo machines); stamped everywhere."""
+    pretrain_recipe: str = "pretrain/synthetic-tiny.yaml"
+    """Relative to recipes/ (or absolute)."""
+    pretrain_overrides: list[str] = field(default_factory=list)
+    pretrainings: tuple[str, ...] = ("none", "occfeat")
+    """Which rows to compare: any of none, occ, feat, occfeat."""
+    finetune_recipe: str = "finetune/synthetic-tiny.yaml"
+    finetune_overrides: list[str] = field(default_factory=list)
+    tasks: tuple[str, ...] = ("vehicle",)
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    seeds: tuple[int, ...] = (0,)
+    finetune_steps: int = 40
+    """Optimizer steps per finetune run: epochs are derived from the labelled count so every fraction
+    gets the same budget (0: keep the recipe's epochs, the paper's protocol)."""
+
+
+def recipe_path(name: str | Path) -> Path:
+    p = Path(name)
+    if p.is_absolute() or p.exists():
+        return p
+    path = RECIPES / p
+    if not path.is_file():
+        raise OccfeatError(f"recipe {name} not found under {RECIPES}; pass a path to a recipe file")
+    return path
+
+
+def load_study(recipe: str | Path | None, overrides: list[str] | None = None) -> StudyConfig:
+    return load_config(StudyConfig, recipe_path(recipe) if recipe is not None else None, overrides)
+
+
+def _stage(console, title: str):
+    console.rule(f"[bold]{title}")
+
+
+def _ensure_dataroot(cfg: StudyConfig, root: Path, console) -> None:
+    from occfeat.data.synth import write_dataroot
+
+    marker = root / SYNTH_MARKER
+    want = json.loads(json.dumps(dataclasses.asdict(cfg.synth)))
+    if marker.is_file():
+        have = json.loads(marker.read_text()).get("config")
+        if have == want:
+            console.print(f"dataroot {root} is complete (same synth config): skipped")
+            return
+        raise OccfeatError(f"{root} holds a synthetic world made with another config; use another --out or delete it")
+    if root.exists() and any(root.iterdir()):
+        raise OccfeatError(f"{root} exists and is not an occfeat synthetic world; use another --out")
+    write_dataroot(root, cfg.synth, overwrite=root.exists())
+
+
+def _finetune_schedule(n_train: int, fraction: float, batch: int, accum: int, steps: int) -> dict:
+    """Train settings for a labelled subset of ceil(f·N) samples: the batch shrinks to the subset when
+    it is smaller (1 % of a small world can be one sample), and with ``steps`` > 0 the epochs are set
+    to give about that many optimizer steps."""
+    n = max(1, math.ceil(fraction * n_train - 1e-9))
+    batch = min(batch, n)
+    accum = max(1, min(accum, n // batch))
+    out = {"batch_size": batch, "grad_accum": accum}
+    if steps > 0:
+        out["epochs"] = max(1, round(steps / max(1, n // batch // accum)))
+    return out
+
+
+def run_name(task: str, pretraining: str, fraction: float, seed: int) -> str:
+    return f"{task}-{pretraining}-f{fraction:g}-s{seed}"
+
+
+def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = True) -> dict:
+    """Run (or resume) the whole study into ``out``; returns the report dict of occfeat.report."""
+    from rich.console import Console
+
+    from occfeat.data.extract import extract_features
+    from occfeat.data.index import SampleIndex
+    from occfeat.data.voxelize import build_occupancy
+    from occfeat.report import write_report
+    from occfeat.train.finetune import resolve_config, run_finetune
+    from occfeat.train.pretrain import PretrainConfig, pretrain
+
+    console = console or Console(stderr=True)
+    out = Path(out)
+    for p in cfg.pretrainings:
+        if p not in PRETRAININGS:
+            raise OccfeatError(f"unknown pretraining '{p}' in the study; use any of {', '.join(PRETRAININGS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "pipeline.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    if log.get("config") not in (None, to_dict(cfg)):
+        raise OccfeatError(f"{out} holds a study run with another config; use another --out or delete it")
+    log["config"] = to_dict(cfg)
+    seconds: dict = log.setdefault("seconds", {})
+
+    def timed(key: str, fn):
+        t0 = time.perf_counter()
+        result = fn()
+        seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - t0, 2)
+        log_path.write_text(json.dumps(log, indent=1))
+        return result
+
+    root = out / "dataroot"
+    version = cfg.synth.version
+    _stage(console, "1/6 synth: a nuScenes-format world")
+    timed("synth", lambda: _ensure_dataroot(cfg, root, console))
+
+    pre_recipe = recipe_path(cfg.pretrain_recipe)
+    base_pre = load_config(PretrainConfig, pre_recipe, cfg.pretrain_overrides)
+    grid = base_pre.grid
+    (out / "grid.json").write_text(grid.to_json())
+    index = SampleIndex(root, version, cfg.train_split)
+
+    _stage(console, "2/6 voxelize: LiDAR → occupancy")
+    occ = out / "caches" / "occupancy.h5"
+    timed("voxelize", lambda: build_occupancy(root, version, cfg.train_split, occ, grid, index=index, progress=progress))
+
+    _stage(console, "3/6 extract: teacher features" + (" (RANDOM-INIT teacher)" if cfg.random_teacher else ""))
+    feats = out / "caches" / "features.h5"
+    timed("extract", lambda: extract_features(
+        root, version, cfg.train_split, feats, teacher=cfg.teacher, weights=cfg.teacher_weights,
+        random_teacher=cfg.random_teacher, input_size=cfg.teacher_input, batch_size=12, index=index, progress=progress))
+
+    _stage(console, "4/6 pretrain: BEV network + unsplat head")
+    inits: dict[str, Path | None] = {}
+    for name in cfg.pretrainings:
+        mode = PRETRAININGS[name]
+        if mode is None:
+            inits[name] = None
+            continue
+        run = out / "pretrain" / name
+        pcfg = merge(base_pre, {"loss": mode})
+        console.print(f"pretraining '{name}' (loss={mode}) → {run}")
+        timed(f"pretrain/{name}", lambda: pretrain(pcfg, root, version, occ, feats, run, split=cfg.train_split,
+                                                    resume=(run / "checkpoints" / "last.pt").is_file()))
+        inits[name] = run
+
+    _stage(console, "5/6 finetune: BEV segmentation with few labels")
+    ft_recipe = recipe_path(cfg.finetune_recipe)
+    n_train = len(index)
+    runs = []
+    for task in cfg.tasks:
+        for fraction in cfg.fractions:
+            for seed in cfg.seeds:
+                for name in cfg.pretrainings:
+                    run = out / "finetune" / run_name(task, name, fraction, seed)
+                    runs.append(run)
+                    if (run / "metrics.json").is_file():
+                        console.print(f"{run.name}: finished, skipped")
+                        continue
+                    fcfg = resolve_config(ft_recipe, task, fraction, [*cfg.finetune_overrides, f"train.seed={seed}"])
+                    fcfg = merge(fcfg, {"train": _finetune_schedule(
+                        n_train, fraction, fcfg.train.batch_size, fcfg.train.grad_accum, cfg.finetune_steps)})
+                    console.print(f"{run.name}: {fcfg.train.epochs} epochs, init={inits[name] or 'none'}")
+                    timed(f"finetune/{run.name}", lambda: run_finetune(
+                        fcfg, root, version, run, init=inits[name], split=cfg.train_split, val_split=cfg.val_split,
+                        resume=run.exists() and any(run.iterdir()), progress=progress))
+
+    _stage(console, "6/6 report")
+    report = timed("report", lambda: write_report(runs, out / "report"))
+    log["seconds_total"] = round(sum(v for k, v in seconds.items()), 1)
+    log_path.write_text(json.dumps(log, indent=1))
+    return report
+
