@@ -38,6 +38,8 @@ from occfeat.errors import OccfeatError
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # A pretraining's name → the pretrain recipe's loss mode (Table 3). "none" = no pretraining (ImageNet
 # or random-init backbone only: the paper's "None" row).
+# Labelled subsets smaller than this are loaded in the main process (see _finetune_schedule).
+SMALL_SUBSET = 16
 PRETRAININGS = {"none": None, "occ": "occ", "feat": "feat", "occfeat": "both"}
 
 
@@ -115,6 +117,8 @@ def _finetune_schedule(n_train: int, fraction: float, batch: int, accum: int, st
     batch = min(batch, n)
     accum = max(1, min(accum, n // batch))
     out = {"batch_size": batch, "grad_accum": accum}
+    if n < SMALL_SUBSET:
+        out["num_workers"] = 0  # forking loader workers every epoch costs more than loading a few samples
     if steps > 0:
         out["epochs"] = max(1, round(steps / max(1, n // batch // accum)))
     return out

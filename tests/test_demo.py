@@ -40,6 +40,6 @@ def test_demo_ci_preset_runs_every_stage_and_reruns_as_a_no_op(tmp_path):
 
 def test_finetune_schedule_fits_small_subsets():
     # 1 % of 40 samples is one sample: the batch shrinks to it and the step budget sets the epochs
-    assert _finetune_schedule(40, 0.01, 6, 1, 30) == {"batch_size": 1, "grad_accum": 1, "epochs": 30}
+    assert _finetune_schedule(40, 0.01, 6, 1, 30) == {"batch_size": 1, "grad_accum": 1, "num_workers": 0, "epochs": 30}
     assert _finetune_schedule(40, 1.0, 8, 5, 0) == {"batch_size": 8, "grad_accum": 5}
-    assert _finetune_schedule(40, 0.1, 2, 1, 30) == {"batch_size": 2, "grad_accum": 1, "epochs": 15}
+    assert _finetune_schedule(400, 0.1, 2, 1, 30) == {"batch_size": 2, "grad_accum": 1, "epochs": 2}
