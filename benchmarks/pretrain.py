@@ -75,7 +75,7 @@ def main() -> None:
 
     from occfeat.config import load_config
     from occfeat.train.dist import DistEnv, resolve_device
-    from occfeat.train.loop import _to_device
+    from occfeat.train.loop import to_device
     from occfeat.train.pretrain import PretrainConfig, PretrainTask
 
     dev = resolve_device(args.device, DistEnv())
@@ -127,15 +127,15 @@ def main() -> None:
             num_workers=args.workers, pin_memory=dev.type == "cuda", persistent_workers=args.workers > 0,
         )  # fmt: skip
         batches = forever(loader)
-        step(_to_device(next(batches), dev))  # warm-up: allocator, cuDNN autotune, worker start-up
-        fixed = _to_device(next(batches), dev)
+        step(to_device(next(batches), dev))  # warm-up: allocator, cuDNN autotune, worker start-up
+        fixed = to_device(next(batches), dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         # Alternate the two modes and keep each one's best round: a shared machine's load hits both alike.
         mem_s, data_s = [], []
         for _ in range(args.rounds):
             mem_s.append(timed(lambda: fixed))
-            data_s.append(timed(lambda: _to_device(next(batches), dev)))
+            data_s.append(timed(lambda: to_device(next(batches), dev)))
         mem_rate = args.steps * args.batch_size / min(mem_s)
         data_rate = args.steps * args.batch_size / min(data_s)
         peak = peak_memory(dev)

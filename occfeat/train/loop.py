@@ -107,13 +107,14 @@ class ResumableSampler(Sampler[int]):
 
 
 # ---- small helpers ----
-def _to_device(x, device: torch.device):
+def to_device(x, device: torch.device):
+    """Tensors in (nested dicts/lists of) a batch moved to ``device``; anything else as is."""
     if isinstance(x, torch.Tensor):
         return x.to(device, non_blocking=True)
     if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
+        return {k: to_device(v, device) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
+        return type(x)(to_device(v, device) for v in x)
     return x
 
 
@@ -333,7 +334,7 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
             terms: dict[str, float] = {}
             finite = True
             for micro in range(cfg.grad_accum):
-                batch = _to_device(next(batches), device)
+                batch = to_device(next(batches), device)
                 # Under DDP, only the last micro-batch all-reduces gradients.
                 sync = micro == cfg.grad_accum - 1 or not env.enabled
                 with contextlib.nullcontext() if sync else train_model.no_sync():
