@@ -33,12 +33,15 @@ def one_line_errors(fn):
     return wrapper
 
 
-def parse_size(text: str, what: str = "--image-size") -> tuple[int, int]:
-    """``"1600x900"`` → (width, height); one-line error otherwise."""
+def parse_size(text: str, what: str = "--image-size", order: str = "WIDTHxHEIGHT", example: str = "1600x900") -> tuple[int, int]:
+    """``"1600x900"`` → (1600, 900), in the ``order`` the option documents; one-line error otherwise.
+
+    Image sizes of the synthetic world are WIDTHxHEIGHT (as camera specs are written); network and
+    teacher input sizes are HEIGHTxWIDTH (as the paper writes 224x400 and timm takes img_size)."""
     try:
-        w, h = (int(v) for v in text.lower().split("x"))
-        if w <= 0 or h <= 0:
+        a, b = (int(v) for v in text.lower().split("x"))
+        if a <= 0 or b <= 0:
             raise ValueError
     except ValueError:
-        raise OccfeatError(f"{what} must look like WIDTHxHEIGHT with positive integers (e.g. 1600x900), got '{text}'") from None
-    return w, h
+        raise OccfeatError(f"{what} must look like {order} with positive integers (e.g. {example}), got '{text}'") from None
+    return a, b

@@ -6,21 +6,10 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors
+from cli.common import console, one_line_errors, parse_size
 from cli.main import app
 from occfeat.data.extract import DEFAULTS
 from occfeat.errors import OccfeatError
-
-
-def parse_hw(text: str) -> tuple[int, int]:
-    """``"224x406"`` → (224, 406) as (HEIGHT, WIDTH), the order of timm's img_size and the paper's 224x400."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-    except ValueError:
-        raise OccfeatError(f"--input-size must look like HEIGHTxWIDTH with positive integers (e.g. 224x406), got '{text}'") from None
-    return h, w
 
 
 @app.command("extract")
@@ -46,7 +35,7 @@ def extract(
         raise OccfeatError("--weights and --random-teacher contradict each other; pass one")
     s = extract_features(
         dataroot, version, split, out, teacher=teacher, weights=weights, random_teacher=random_teacher,
-        input_size=parse_hw(input_size), batch_size=batch_size, device=device, workers=workers, skip_bad=skip_bad,
+        input_size=parse_size(input_size, "--input-size", "HEIGHTxWIDTH", "224x406"), batch_size=batch_size, device=device, workers=workers, skip_bad=skip_bad,
     )
     done = "already complete" if s.computed == 0 else f"{s.computed} samples in {s.seconds:.1f} s ({s.images_per_s:.1f} images/s)"
     console.print(f"{s.out}: {s.samples} samples x {s.feature_shape} float16, {done}")

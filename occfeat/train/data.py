@@ -119,18 +119,14 @@ def load_cameras(
     return torch.stack(images), torch.from_numpy(np.stack(Ks)).float()
 
 
-class PretrainDataset(Dataset):
-    """One OccFeat pretraining sample per key frame.
+class CameraDataset(Dataset):
+    """The camera part every training sample shares, one item per key frame: ``token``, ``images``
+    (S, 3, H, W) float32 [0, 1], ``K`` (S, 3, 3) of the augmented inputs, ``cam_T_ego`` (S, 4, 4).
+    Augmentation draws from (seed, epoch, index) only, so resume and DDP see the same samples.
+    Subclasses add their targets in :meth:`targets`."""
 
-    Item: ``images`` (S, 3, H, W) float32 [0, 1], ``K`` (S, 3, 3) of the augmented inputs, ``cam_T_ego``
-    (S, 4, 4); for the targets ``occupancy`` (X, Y, Z) bool, ``features`` (S, Hp, Wp, C) float16,
-    ``K_orig`` (S, 3, 3) and ``image_hw_orig`` (S, 2) at the stored image size; ``token``.
-    The readers open their HDF5 files lazily, so each DataLoader worker gets its own handle.
-    """
-
-    def __init__(self, rigs: list[CameraRig], occupancy, features, input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0):
-        self.rigs, self.occupancy, self.features = rigs, occupancy, features
-        self.input_hw, self.augment, self.seed = tuple(input_hw), augment, seed
+    def __init__(self, rigs: list[CameraRig], input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0):
+        self.rigs, self.input_hw, self.augment, self.seed = rigs, tuple(input_hw), augment, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -139,14 +135,29 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rigs)
 
+    def targets(self, rig: CameraRig) -> dict:
+        return {}
+
     def __getitem__(self, i: int) -> dict:
         rig = self.rigs[i]
         images, K = load_cameras(rig, self.input_hw, self.augment, sample_rng(self.seed, self.epoch, i))
+        item = {"token": rig.token, "images": images, "K": K, "cam_T_ego": torch.from_numpy(rig.cam_T_ego).float()}
+        return {**item, **self.targets(rig)}
+
+
+class PretrainDataset(CameraDataset):
+    """One OccFeat pretraining sample per key frame: the camera item plus, for the targets,
+    ``occupancy`` (X, Y, Z) bool, ``features`` (S, Hp, Wp, C) float16, ``K_orig`` (S, 3, 3) and
+    ``image_hw_orig`` (S, 2) at the stored image size. The readers open their HDF5 files lazily, so
+    each DataLoader worker gets its own handle.
+    """
+
+    def __init__(self, rigs: list[CameraRig], occupancy, features, input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0):
+        super().__init__(rigs, input_hw, augment, seed)
+        self.occupancy, self.features = occupancy, features
+
+    def targets(self, rig: CameraRig) -> dict:
         return {
-            "token": rig.token,
-            "images": images,
-            "K": K,
-            "cam_T_ego": torch.from_numpy(rig.cam_T_ego).float(),
             "occupancy": torch.from_numpy(self.occupancy.get(rig.token)),
             "features": torch.from_numpy(self.features.get(rig.token)),
             "K_orig": torch.from_numpy(rig.K).float(),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 
 from occfeat.config import merge, parse_overrides, read_recipe, to_dict
 from occfeat.data.gt import GtConfig, build_gt_cache, check_task, default_gt_path
@@ -29,7 +29,7 @@ from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.losses import segmentation_loss
 from occfeat.models import BevNetwork, NetworkConfig, SegmentationHead, build_network
-from occfeat.train.data import AugmentConfig, CameraRig, camera_rig, load_cameras, sample_rng
+from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
 from occfeat.train.evaluate import evaluate, write_metrics
 from occfeat.train.loop import TrainConfig, fit, load_checkpoint
 
@@ -152,34 +152,17 @@ class SegmentationModel(nn.Module):
         return self.head(self.network.forward_bev(batch))
 
 
-class SegmentationDataset(Dataset):
-    """Item: ``images`` (S, 3, H, W) [0, 1], ``K`` (S, 3, 3) of those images, ``cam_T_ego`` (S, 4, 4),
-    ``target`` (C, X, Y) bool, ``valid`` (X, Y) bool, ``token``. Augmentation draws from
-    (seed, epoch, index) only (see occfeat.train.data)."""
+class SegmentationDataset(CameraDataset):
+    """The camera item (occfeat.train.data.CameraDataset) plus ``target`` (C, X, Y) bool and ``valid``
+    (X, Y) bool from the ground-truth cache."""
 
     def __init__(self, rigs: list[CameraRig], gt, input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0):
-        self.rigs, self.gt = rigs, gt
-        self.input_hw, self.augment, self.seed = tuple(input_hw), augment, seed
-        self.epoch = 0
+        super().__init__(rigs, input_hw, augment, seed)
+        self.gt = gt
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.rigs)
-
-    def __getitem__(self, i: int) -> dict:
-        rig = self.rigs[i]
-        images, K = load_cameras(rig, self.input_hw, self.augment, sample_rng(self.seed, self.epoch, i))
+    def targets(self, rig: CameraRig) -> dict:
         target, valid = self.gt[rig.token]
-        return {
-            "token": rig.token,
-            "images": images,
-            "K": K,
-            "cam_T_ego": torch.from_numpy(rig.cam_T_ego).float(),
-            "target": torch.from_numpy(target),
-            "valid": torch.from_numpy(valid),
-        }
+        return {"target": torch.from_numpy(target), "valid": torch.from_numpy(valid)}
 
 
 def segmentation_set(
