@@ -175,7 +175,7 @@ def test_reader_roundtrip_and_refuses_other_grid_or_kind(tmp_path):
     w.finalize()
     with pytest.raises(OccfeatError, match="kind"):
         OccupancyReader(tmp_path / "feat.h5", ODD_GRID)
-    with pytest.raises(OccfeatError, match="not found"):
+    with pytest.raises(OccfeatError, match="not found; build it with `occfeat voxelize`"):
         OccupancyReader(tmp_path / "nope.h5", ODD_GRID)
 
 

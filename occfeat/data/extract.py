@@ -334,7 +334,7 @@ class FeatureReader:
     """
 
     def __init__(self, path: str | Path, expect: dict | None = None):
-        self._cache = CacheReader(path, expect={"kind": KIND, "cameras": list(CAMERAS), **(expect or {})})
+        self._cache = CacheReader(path, expect={"kind": KIND, "cameras": list(CAMERAS), **(expect or {})}, made_by="occfeat extract")
         self.path = self._cache.path
         self.spec: dict = self._cache.spec
 

@@ -161,7 +161,7 @@ class OccupancyReader:
 
     def __init__(self, path: str | Path, grid: BevGrid):
         self.path = Path(path)
-        self._cache = CacheReader(self.path, expect={"kind": KIND}, keys=["kind"])
+        self._cache = CacheReader(self.path, expect={"kind": KIND}, keys=["kind"], made_by="occfeat voxelize")
         spec = self._cache.spec
         have = BevGrid.from_spec(spec["grid"])
         if have != grid:

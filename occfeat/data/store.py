@@ -191,12 +191,14 @@ class CacheReader:
     """Random access to a finished cache by sample token. Opens the file lazily, so it is safe to
     create before DataLoader workers fork (each worker opens its own handle)."""
 
-    def __init__(self, path: str | Path, expect: dict | None = None, keys: list[str] | None = None):
+    def __init__(self, path: str | Path, expect: dict | None = None, keys: list[str] | None = None, made_by: str = ""):
+        """``made_by``: the command that builds this cache, named in the not-found message."""
         self.path = Path(path)
         if not self.path.is_file():
             parts = self.path.with_name(self.path.name + PARTS_SUFFIX)
-            hint = " (an unfinished run's parts exist: rerun the command that makes it)" if parts.exists() else ""
-            raise OccfeatError(f"cache {self.path} not found{hint}")
+            how = f"`{made_by}`" if made_by else "the command that makes it"
+            hint = f"an unfinished run's parts exist: rerun {how} to finish it" if parts.exists() else f"build it with {how}"
+            raise OccfeatError(f"cache {self.path} not found; {hint}")
         self.spec = check_spec(self.path, expect or {}, keys)
         with h5py.File(self.path, "r") as f:
             toks = [t.decode() if isinstance(t, bytes) else t for t in f["tokens"][()]]
