@@ -181,3 +181,11 @@ def test_cli_pretrains_resumes_exactly_and_writes_what_finetune_loads(tmp_path, 
     net.load_state_dict(state)  # strict: the checkpoint is exactly the network, head left out
     bad = _cli(*common, "--out", tmp_path / "full", "--resume", "lam=0.5")
     assert bad.exit_code == 2 and "lam (0.01 → 0.5)" in bad.output
+
+
+def test_occupancy_only_runs_are_not_stamped_by_the_teacher(test_grid, synth_root, occupancy_h5, features_h5):
+    """The features fixture's teacher is random-init; an occ-only run never reads it, a feat run does."""
+    occ = make_task(RECIPES[0].parent / "occ-only.yaml", test_grid, synth_root, occupancy_h5, features_h5)
+    assert occ.provenance["teacher"] == {"used": False}
+    feat = make_task(RECIPES[0].parent / "feat-only.yaml", test_grid, synth_root, occupancy_h5, features_h5)
+    assert feat.provenance["teacher"]["pretrained"] is False and feat.provenance["random_init"]

@@ -118,10 +118,13 @@ class PretrainTask:
         self.train_set = PretrainDataset(rigs, occ, feats, cfg.input_size, cfg.augment, seed=cfg.train.seed)
         self.collate = default_collate
         self.data = {"version": version, "split": split, "samples": len(rigs)}
+        # Occupancy-only pretraining never reads the teacher: its weights do not stamp the run.
+        teacher_used = cfg.loss != "occ"
+        teacher = {k: feats.spec.get(k) for k in ("teacher", "pretrained", "weights_source", "weights_sha256", "feature_dim") if k in feats.spec}
         self.provenance = {
             "backbone": network.provenance.as_dict(),
-            "teacher": {k: feats.spec.get(k) for k in ("teacher", "pretrained", "weights_source", "weights_sha256", "feature_dim") if k in feats.spec},
-            "random_init": not network.provenance.pretrained or not feats.pretrained,
+            "teacher": teacher if teacher_used else {"used": False},
+            "random_init": not network.provenance.pretrained or (teacher_used and not feats.pretrained),
             "inputs": {"dataroot": str(Path(dataroot).resolve()), "occupancy": str(Path(occupancy).resolve()),
                        "features": str(Path(features).resolve())},  # fmt: skip
         }
