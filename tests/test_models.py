@@ -43,6 +43,10 @@ def test_network_forward_shape_and_encoder_gradients(arch, backbone, test_grid):
     (bev**2).mean().backward()
     first = next(p for p in net.encoder.backbone.parameters() if p.ndim == 4)  # the stem conv
     assert first.grad is not None and first.grad.abs().sum() > 0
+    # every trainable parameter takes part: DDP refuses a module with unused parameters, and unused
+    # blocks (timm's EfficientNet feature extractor runs all of them) only cost time
+    unused = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, f"parameters without gradient: {unused[:5]}"
 
 
 def test_encoder_normalises_with_backbone_stats(test_grid):

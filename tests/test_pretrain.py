@@ -189,3 +189,27 @@ def test_occupancy_only_runs_are_not_stamped_by_the_teacher(test_grid, synth_roo
     assert occ.provenance["teacher"] == {"used": False}
     feat = make_task(RECIPES[0].parent / "feat-only.yaml", test_grid, synth_root, occupancy_h5, features_h5)
     assert feat.provenance["teacher"]["pretrained"] is False and feat.provenance["random_init"]
+
+
+def test_pretrain_command_under_torchrun_on_two_gloo_processes(tmp_path, synth_root, occupancy_h5, features_h5):
+    """The real task under DDP (the toy-task test in test_train_loop cannot see unused parameters of a
+    real network, which DDP refuses): `torchrun -m cli pretrain`, as README shows, 2 CPU processes."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures.synth import TINY_VERSION
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli", "pretrain",
+           "--recipe", str(repo / "recipes" / "pretrain" / "synthetic-tiny.yaml"), "--dataroot", str(synth_root),
+           "--version", TINY_VERSION, "--occupancy", str(occupancy_h5), "--features", str(features_h5), "--split", "all",
+           "--out", str(tmp_path / "ddp"), "input_size=[32,56]", "network.bev_channels=8", "network.image_channels=8",
+           "network.fuse_channels=16", "train.num_workers=0", "train.max_steps=2"]  # fmt: skip
+    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(r) for r in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)  # rank 0 alone wrote
+    assert (tmp_path / "ddp" / "checkpoints" / "last.pt").is_file()

@@ -40,6 +40,17 @@ class FeatureFusion(nn.Module):
         return self.out(self.fuse(torch.cat(up, dim=1)))
 
 
+def _drop_unused_blocks(backbone: nn.Module) -> None:
+    """Cut the blocks after the deepest requested level. timm's FeatureListNet (ResNets) already stops
+    there, but its EfficientNet feature extractors build and *run* every block: the extra stride-32
+    blocks cost time and receive no gradient, which DistributedDataParallel rejects."""
+    blocks = getattr(backbone, "blocks", None)
+    names = backbone.feature_info.module_name()
+    if isinstance(blocks, nn.Sequential) and all(n.startswith("blocks.") for n in names):
+        last = max(int(n.split(".")[1]) for n in names)
+        backbone.blocks = blocks[: last + 1]
+
+
 class ImageEncoder(nn.Module):
     """timm backbone + fusion: images (B, S, 3, H, W) in [0, 1] → features (B, S, C, H/s, W/s).
 
@@ -71,6 +82,7 @@ class ImageEncoder(nn.Module):
             features_only=True,
             out_indices=out_indices,
         )
+        _drop_unused_blocks(self.backbone)
         got = tuple(self.backbone.feature_info.reduction())
         if got != strides:
             raise OccfeatError(f"backbone '{backbone}' gives feature strides {got}, not {strides}; pick another backbone or strides")
