@@ -111,6 +111,13 @@ def project_points(K: Array, points_cam: Array, min_depth: float = 1e-3) -> tupl
     return uv, in_front
 
 
+def pixels_to_grid_sample(uv: Array, image_wh: Array) -> Array:
+    """Continuous pixel coordinates (..., 2) as (u, v) in an image of size ``image_wh`` (..., 2) as
+    (W, H) → ``torch.nn.functional.grid_sample`` coordinates in [-1, 1] for ``align_corners=False``,
+    where -1 / +1 are the outer edges of the first / last pixel: x = 2u/W - 1."""
+    return 2.0 * uv / image_wh - 1.0
+
+
 def in_image(uv: Array, width: int, height: int) -> Array:
     """(..., N) bool: continuous pixel coordinate inside [0, width) x [0, height)."""
     u, v = uv[..., 0], uv[..., 1]

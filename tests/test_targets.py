@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from occfeat.data.targets import occupied_voxel_centers, pixels_to_grid, voxel_feature_targets
+from occfeat.data.targets import occupied_voxel_centers, voxel_feature_targets
+from occfeat.geometry import pixels_to_grid_sample
 
 W, H = 160, 90  # stored image size
 HP, WP = 4, 7  # teacher feature map
@@ -73,7 +74,7 @@ def run(occ, feats, Ks, Ts, grid, image_hw=(H, W)):
 
 def test_pixels_to_grid_maps_image_edges_to_minus_one_and_one():
     uv = torch.tensor([[0.0, 0.0], [W, H], [W / 2, H / 2], [W / (2 * WP), H / (2 * HP)]])
-    g = pixels_to_grid(uv, torch.tensor([W, H], dtype=torch.float32))
+    g = pixels_to_grid_sample(uv, torch.tensor([W, H], dtype=torch.float32))
     # the image edges are grid_sample's -1/+1; the first patch centre is half a cell in: -1 + 1/WP
     np.testing.assert_allclose(g.numpy(), [[-1, -1], [1, 1], [0, 0], [-1 + 1 / WP, -1 + 1 / HP]], atol=1e-6)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from occfeat.geometry import apply_4x4, in_image, project_points
+from occfeat.geometry import apply_4x4, in_image, pixels_to_grid_sample, project_points
 from occfeat.grid import BevGrid
 
 
@@ -27,19 +27,13 @@ def occupied_voxel_centers(idx: torch.Tensor, grid: BevGrid, dtype: torch.dtype 
     return torch.stack([axes[a][idx[:, a + 1]] for a in range(3)], dim=-1)
 
 
-def pixels_to_grid(uv: torch.Tensor, image_wh: torch.Tensor) -> torch.Tensor:
-    """Continuous pixel coordinates in the STORED image → ``grid_sample`` coordinates in [-1, 1].
-
-    uv: (..., 2) as (u, v); image_wh: broadcastable (..., 2) as (W, H).
-
-    Why simply ``2u/W - 1``: extraction resized the WHOLE stored image (W x H, no crop, no pad) to the
-    teacher input Wp*14 x Hp*14, and each patch token covers exactly 14 x 14 input pixels. So a stored
-    pixel coordinate u lands at u * Wp / W in feature-map cells (cell j spans [j, j+1), centre j+0.5),
-    and ``grid_sample(align_corners=False)`` maps -1 / +1 to the outer EDGES of the first / last cell,
-    i.e. x_norm = 2 * (u * Wp / W) / Wp - 1 = 2u/W - 1. Neither the patch size nor the teacher input
-    size appears; only the stored image size does. (This holds because extract never crops or pads.)
-    """
-    return 2.0 * uv / image_wh - 1.0
+# Why teacher maps are sampled at occfeat.geometry.pixels_to_grid_sample of the STORED pixel (2u/W - 1):
+# extraction resized the WHOLE stored image (W x H, no crop, no pad) to the
+# teacher input Wp*14 x Hp*14, and each patch token covers exactly 14 x 14 input pixels. So a stored
+# pixel coordinate u lands at u * Wp / W in feature-map cells (cell j spans [j, j+1), centre j+0.5),
+# and ``grid_sample(align_corners=False)`` maps -1 / +1 to the outer EDGES of the first / last cell,
+# i.e. x_norm = 2 * (u * Wp / W) / Wp - 1 = 2u/W - 1. Neither the patch size nor the teacher input
+# size appears; only the stored image size does. (This holds because extract never crops or pads.)
 
 
 def _image_wh(image_hw, B: int, S: int, device, dtype) -> torch.Tensor:
@@ -114,7 +108,7 @@ def voxel_feature_targets(
         rank = torch.arange(view.numel(), device=device) - (torch.cumsum(per_view, 0) - per_view)[view]
         n_max = int(per_view.max())
         coords = torch.zeros(B * S, 1, n_max, 2, dtype=torch.float32, device=device)
-        coords[view, 0, rank] = pixels_to_grid(uv.flatten(0, 1)[view, m], wh.flatten(0, 1)[view])
+        coords[view, 0, rank] = pixels_to_grid_sample(uv.flatten(0, 1)[view, m], wh.flatten(0, 1)[view])
         maps = features.flatten(0, 1).permute(0, 3, 1, 2).float()  # (B*S, C, Hp, Wp)
         # border padding: a point inside the image but beyond the outermost patch centres takes the edge
         # patch's feature instead of fading towards zero (zeros padding would bias border voxels).

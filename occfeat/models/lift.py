@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from occfeat.geometry import apply_4x4, in_image, project_points, scale_intrinsics
+from occfeat.geometry import apply_4x4, in_image, pixels_to_grid_sample, project_points, scale_intrinsics
 from occfeat.grid import BevGrid
 
 
@@ -35,8 +35,7 @@ def project_to_feature_map(
         pts_cam = apply_4x4(cam_T_ego.float(), points_ego.float())
         uv, in_front = project_points(Kf, pts_cam)
         valid = in_front & in_image(uv, Wf, Hf)
-        size = torch.tensor([Wf, Hf], dtype=uv.dtype, device=uv.device)
-        grid = uv / size * 2.0 - 1.0  # pixel centres at i + 0.5 ↔ align_corners=False
+        grid = pixels_to_grid_sample(uv, torch.tensor([Wf, Hf], dtype=uv.dtype, device=uv.device))
     return grid, valid
 
 
