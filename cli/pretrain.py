@@ -17,7 +17,7 @@ def pretrain(
     dataroot: Path = typer.Option(..., help="nuScenes-format dataroot (the folder that holds VERSION/ and samples/)."),
     version: str = typer.Option(..., help="Dataroot version: v1.0-trainval, v1.0-mini."),
     occupancy: Path = typer.Option(..., help="Occupancy cache from `occfeat voxelize`, built on the recipe's grid."),
-    features: Path = typer.Option(..., help="Teacher feature cache from `occfeat extract`."),
+    features: Path = typer.Option(None, help="Teacher feature cache from `occfeat extract` (not needed with loss=occ)."),
     out: Path = typer.Option(..., help="Run directory (config.yaml, provenance.json, metrics.jsonl, checkpoints/); must not exist unless --resume."),
     split: str = typer.Option("train", help="Split to pretrain on (train, mini_train, ... or a name from splits.json)."),
     epochs: int = typer.Option(None, min=1, help="Override train.epochs (paper: 50; 100 = OccFeat†)."),

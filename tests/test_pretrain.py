@@ -117,7 +117,8 @@ def test_every_network_x_recipe_takes_two_steps(recipe, arch, test_grid, synth_r
     encoder = task.model.network.encoder.backbone
     for _, batch in zip(range(2), loader):
         assert batch["images"].shape == (1, 6, 3, 32, 56) and batch["occupancy"].shape == (1, *test_grid.shape)
-        assert batch["features"].shape[-1] == task.cfg.feature_dim == 384
+        if task.cfg.loss != "occ":  # occupancy-only runs never read the teacher cache
+            assert batch["features"].shape[-1] == task.cfg.feature_dim == 384
         opt.zero_grad()
         loss, terms = task.loss(task.model, batch)
         assert torch.isfinite(loss) and set(terms) == {"loss", "loss_occ", "loss_feat"}
@@ -187,6 +188,15 @@ def test_occupancy_only_runs_are_not_stamped_by_the_teacher(test_grid, synth_roo
     """The features fixture's teacher is random-init; an occ-only run never reads it, a feat run does."""
     occ = make_task(RECIPES[0].parent / "occ-only.yaml", test_grid, synth_root, occupancy_h5, features_h5)
     assert occ.provenance["teacher"] == {"used": False}
+    # ... so it needs no features cache at all, and trains without one
+    occ = make_task(RECIPES[0].parent / "occ-only.yaml", test_grid, synth_root, occupancy_h5, None)
+    assert "features" not in occ.train_set[0] and occ.provenance["inputs"]["features"] is None
+    batch = occ.collate([occ.train_set[0]])
+    loss, _ = occ.loss(occ.model, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(OccfeatError, match="pass --features"):
+        make_task(RECIPES[0].parent / "feat-only.yaml", test_grid, synth_root, occupancy_h5, None)
     feat = make_task(RECIPES[0].parent / "feat-only.yaml", test_grid, synth_root, occupancy_h5, features_h5)
     assert feat.provenance["teacher"]["pretrained"] is False and feat.provenance["random_init"]
 

@@ -147,7 +147,8 @@ class CameraDataset(Dataset):
 
 class PretrainDataset(CameraDataset):
     """One OccFeat pretraining sample per key frame: the camera item plus, for the targets,
-    ``occupancy`` (X, Y, Z) bool, ``features`` (S, Hp, Wp, C) float16, ``K_orig`` (S, 3, 3) and
+    ``occupancy`` (X, Y, Z) bool, ``features`` (S, Hp, Wp, C) float16 (absent when ``features`` is None:
+    occupancy-only pretraining), ``K_orig`` (S, 3, 3) and
     ``image_hw_orig`` (S, 2) at the stored image size. The readers open their HDF5 files lazily, so
     each DataLoader worker gets its own handle.
     """
@@ -157,9 +158,11 @@ class PretrainDataset(CameraDataset):
         self.occupancy, self.features = occupancy, features
 
     def targets(self, rig: CameraRig) -> dict:
-        return {
+        item = {
             "occupancy": torch.from_numpy(self.occupancy.get(rig.token)),
-            "features": torch.from_numpy(self.features.get(rig.token)),
             "K_orig": torch.from_numpy(rig.K).float(),
             "image_hw_orig": torch.from_numpy(rig.image_hw),
         }
+        if self.features is not None:  # None: occupancy-only pretraining
+            item["features"] = torch.from_numpy(self.features.get(rig.token))
+        return item

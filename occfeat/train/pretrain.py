@@ -79,8 +79,14 @@ class OccFeatModel(nn.Module):
         return result
 
 
-def _check_caches(occ: OccupancyReader, feats: FeatureReader, tokens: list[str], split: str, cfg: PretrainConfig) -> int:
-    """The teacher width the head will predict, after checking the caches cover the split."""
+def _check_caches(occ: OccupancyReader, feats: FeatureReader | None, tokens: list[str], split: str, cfg: PretrainConfig) -> int | None:
+    """The teacher width the head will predict, after checking the caches cover the split.
+    ``feats`` is None for occupancy-only pretraining, which never reads the teacher."""
+    if feats is None:
+        missing = [t for t in tokens if t not in occ]
+        if missing:
+            raise OccfeatError(f"{len(missing)} of {len(tokens)} samples of split '{split}' are missing from the occupancy cache {occ.path} (e.g. {missing[0]}); build it for this split")
+        return cfg.feature_dim
     if cfg.feature_dim is not None and cfg.feature_dim != feats.feature_dim:
         raise OccfeatError(
             f"features cache {feats.path} holds {feats.feature_dim}-dim teacher features but the recipe's head predicts "
@@ -99,18 +105,25 @@ def _check_caches(occ: OccupancyReader, feats: FeatureReader, tokens: list[str],
 class PretrainTask:
     """The OccFeat pretraining task for :func:`occfeat.train.loop.fit`."""
 
-    def __init__(self, cfg: PretrainConfig, dataroot: str | Path, version: str, occupancy: str | Path, features: str | Path, split: str = "train"):
+    def __init__(
+        self, cfg: PretrainConfig, dataroot: str | Path, version: str, occupancy: str | Path, features: str | Path | None, split: str = "train"
+    ):
         if cfg.loss not in ("both", "occ", "feat"):
             raise OccfeatError(f"loss={cfg.loss!r} is not one of both, occ, feat")
+        # Occupancy-only pretraining never reads the teacher: a features cache is neither needed nor read.
+        teacher_used = cfg.loss != "occ"
+        if teacher_used and features is None:
+            raise OccfeatError(f"loss={cfg.loss} distills teacher features: pass --features (a cache from `occfeat extract`)")
         index = SampleIndex(dataroot, version, split)
         occ = OccupancyReader(occupancy, cfg.grid)  # refuses a cache built on another grid
-        feats = FeatureReader(features)
+        feats = FeatureReader(features) if teacher_used else None
         self.cfg = replace(cfg, feature_dim=_check_caches(occ, feats, index.tokens, split, cfg))
         rigs = [camera_rig(index.record(t)) for t in index.tokens]
 
         torch.manual_seed(cfg.train.seed)  # the same recipe and seed build the same initial weights
         network = build_network(cfg.network, cfg.grid)
-        head = UnsplatHead(cfg.network.bev_channels, cfg.grid.shape[2], self.cfg.feature_dim)
+        width = {} if self.cfg.feature_dim is None else {"feature_dim": self.cfg.feature_dim}  # occ-only: the head's default
+        head = UnsplatHead(cfg.network.bev_channels, cfg.grid.shape[2], **width)
         self.model = OccFeatModel(network, head, cfg.grid, predict_features=cfg.loss != "occ")
         self.criterion = OccFeatLoss(mode=cfg.loss, lam=cfg.lam)
         # occ-only / feat-only leave one predictor without gradients; DDP must be told.
@@ -119,14 +132,13 @@ class PretrainTask:
         self.collate = default_collate
         self.data = {"version": version, "split": split, "samples": len(rigs)}
         # Occupancy-only pretraining never reads the teacher: its weights do not stamp the run.
-        teacher_used = cfg.loss != "occ"
-        teacher = {k: feats.spec.get(k) for k in ("teacher", "pretrained", "weights_source", "weights_sha256", "feature_dim") if k in feats.spec}
+        keys = ("teacher", "pretrained", "weights_source", "weights_sha256", "feature_dim")
         self.provenance = {
             "backbone": network.provenance.as_dict(),
-            "teacher": teacher if teacher_used else {"used": False},
+            "teacher": {k: feats.spec.get(k) for k in keys if k in feats.spec} if teacher_used else {"used": False},
             "random_init": not network.provenance.pretrained or (teacher_used and not feats.pretrained),
             "inputs": {"dataroot": str(Path(dataroot).resolve()), "occupancy": str(Path(occupancy).resolve()),
-                       "features": str(Path(features).resolve())},  # fmt: skip
+                       "features": str(Path(features).resolve()) if teacher_used else None},  # fmt: skip
         }
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -159,7 +171,7 @@ def pretrain(
     dataroot: str | Path,
     version: str,
     occupancy: str | Path,
-    features: str | Path,
+    features: str | Path | None,
     out: str | Path,
     split: str = "train",
     resume: bool = False,
