@@ -89,6 +89,16 @@ def _run_kernel(points: np.ndarray, grid: BevGrid, out: np.ndarray, packed: bool
     _mark_occupied(points, grid.lower, grid.voxel_size, nx, ny, nz, out, packed)
 
 
+@numba.njit(cache=True, inline="always")
+def _apply_in_box(T, x, y, z, box):  # pragma: no cover - compiled
+    """(T @ [x, y, z, 1])[:3] and whether it lies in the half-open box."""
+    px = T[0, 0] * x + T[0, 1] * y + T[0, 2] * z + T[0, 3]
+    py = T[1, 0] * x + T[1, 1] * y + T[1, 2] * z + T[1, 3]
+    pz = T[2, 0] * x + T[2, 1] * y + T[2, 2] * z + T[2, 3]
+    inside = box[0, 0] <= px < box[0, 1] and box[1, 0] <= py < box[1, 1] and box[2, 0] <= pz < box[2, 1]
+    return px, py, pz, inside
+
+
 @numba.njit(cache=True, nogil=True)
 def _transform_drop_box(raw, key_T_lidar, own_T_lidar, box, out, start):  # pragma: no cover - compiled
     # One pass over a sweep: move each point into the key-frame ego frame (key_T_lidar) and into the
@@ -98,17 +108,11 @@ def _transform_drop_box(raw, key_T_lidar, own_T_lidar, box, out, start):  # prag
     k = start
     for i in range(raw.shape[0]):
         x, y, z = np.float64(raw[i, 0]), np.float64(raw[i, 1]), np.float64(raw[i, 2])
-        T = own_T_lidar
-        ox = T[0, 0] * x + T[0, 1] * y + T[0, 2] * z + T[0, 3]
-        oy = T[1, 0] * x + T[1, 1] * y + T[1, 2] * z + T[1, 3]
-        oz = T[2, 0] * x + T[2, 1] * y + T[2, 2] * z + T[2, 3]
-        if box[0, 0] <= ox < box[0, 1] and box[1, 0] <= oy < box[1, 1] and box[2, 0] <= oz < box[2, 1]:
+        _, _, _, own_inside = _apply_in_box(own_T_lidar, x, y, z, box)
+        if own_inside:
             continue
-        T = key_T_lidar
-        ex = T[0, 0] * x + T[0, 1] * y + T[0, 2] * z + T[0, 3]
-        ey = T[1, 0] * x + T[1, 1] * y + T[1, 2] * z + T[1, 3]
-        ez = T[2, 0] * x + T[2, 1] * y + T[2, 2] * z + T[2, 3]
-        if box[0, 0] <= ex < box[0, 1] and box[1, 0] <= ey < box[1, 1] and box[2, 0] <= ez < box[2, 1]:
+        ex, ey, ez, key_inside = _apply_in_box(key_T_lidar, x, y, z, box)
+        if key_inside:
             continue
         out[k, 0] = ex
         out[k, 1] = ey
