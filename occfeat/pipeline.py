@@ -124,6 +124,12 @@ def _finetune_schedule(n_train: int, fraction: float, batch: int, accum: int, st
     return out
 
 
+def _started(run: Path) -> bool:
+    """A run dir an earlier invocation began: resume it (the loop restarts one killed before its first
+    checkpoint, and continues one after)."""
+    return run.is_dir() and any(run.iterdir())
+
+
 def run_name(task: str, pretraining: str, fraction: float, seed: int) -> str:
     return f"{task}-{pretraining}-f{fraction:g}-s{seed}"
 
@@ -191,7 +197,7 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
         pcfg = merge(base_pre, {"loss": mode})
         console.print(f"pretraining '{name}' (loss={mode}) → {run}")
         timed(f"pretrain/{name}", lambda: pretrain(pcfg, root, version, occ, feats, run, split=cfg.train_split,
-                                                    resume=(run / "checkpoints" / "last.pt").is_file()))
+                                                    resume=_started(run)))
         inits[name] = run
 
     _stage(console, "5/6 finetune: BEV segmentation with few labels")
@@ -213,7 +219,7 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
                     console.print(f"{run.name}: {fcfg.train.epochs} epochs, init={inits[name] or 'none'}")
                     timed(f"finetune/{run.name}", lambda: run_finetune(
                         fcfg, root, version, run, init=inits[name], split=cfg.train_split, val_split=cfg.val_split,
-                        resume=run.exists() and any(run.iterdir()), progress=progress))
+                        resume=_started(run), progress=progress))
 
     _stage(console, "6/6 report")
     report = timed("report", lambda: write_report(runs, out / "report"))

@@ -33,6 +33,16 @@ def test_demo_ci_preset_runs_every_stage_and_reruns_as_a_no_op(tmp_path):
     assert res2.exit_code == 0, res2.output[-3000:]
     assert "skipped" in res2.output
     assert (out / "report" / "summary.csv").read_text() == before
+    # killed during pretraining before its first checkpoint: the run dir exists without one; rerun resumes
+    import shutil
+
+    shutil.rmtree(out / "pretrain" / "occfeat" / "checkpoints")
+    for run in (out / "finetune").glob("*-occfeat-*"):
+        shutil.rmtree(run)
+    res_k = CliRunner().invoke(app, ["demo", "--preset", "ci", "--out", str(out)])
+    assert res_k.exit_code == 0, res_k.output[-3000:]
+    assert (out / "pretrain" / "occfeat" / "checkpoints" / "last.pt").is_file()
+    assert sorted(p.name for p in (out / "finetune").iterdir() if (p / "metrics.json").is_file()) == runs
     # a bad preset is one line
     res3 = CliRunner().invoke(app, ["demo", "--preset", "huge", "--out", str(out)])
     assert res3.exit_code == 2 and "--preset must be one of" in res3.output
