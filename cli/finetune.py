@@ -27,7 +27,7 @@ def finetune(
     task: str = typer.Option(..., help="vehicle | map (road, sidewalk, crosswalk, parking, divider)."),
     fraction: float = typer.Option(..., help="Share of the training split that is labelled, in (0, 1]: 0.01, 0.1 or 1.0 in the paper."),
     out: Path = typer.Option(..., help="Run directory (config.yaml, labelled_tokens.txt, metrics.jsonl, checkpoints/, metrics.json)."),
-    init: Path = typer.Option(None, help="Pretraining run dir (`occfeat pretrain --out`) whose network to start from; none = ImageNet backbone."),
+    init: Path = typer.Option(None, help="Pretraining run dir (`occfeat pretrain --out`) whose network to start from, or one of its checkpoints/epoch_NNN.pt; none = ImageNet backbone."),
     epochs: int = typer.Option(None, min=1, help="Override train.epochs (paper: 100 / 50 / 30 at 1 / 10 / 100 %)."),
     seed: int = typer.Option(None, help="Override train.seed: picks the labelled subset, the head's init and the data order."),
     split: str = typer.Option("train", help="Training split (train, mini_train, ... or a name from splits.json)."),

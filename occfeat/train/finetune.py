@@ -222,7 +222,8 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
 
     ``init`` None: the backbone from ImageNet weights (``network.backbone_weights`` / HF cache), or random
     when ``network.random_init`` (the paper's "None" row). Otherwise the pretraining run's network
-    (head dropped); a run with another grid or network is refused.
+    (head dropped) from its ``checkpoints/last.pt``, or from the checkpoint file ``init`` names (e.g.
+    ``RUN/checkpoints/epoch_010.pt``); a run with another grid or network is refused.
     """
     n_classes = len(check_task(cfg.task))
     torch.manual_seed(cfg.train.seed)  # same recipe and seed → same head (and random backbone) weights
@@ -238,7 +239,8 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
     from occfeat.train.pretrain import load_pretrained_network  # the pretraining stack loads only when asked for
 
     init = Path(init)
-    state, pcfg = load_pretrained_network(init)
+    run_dir, name = (init.parent.parent, init.name) if init.is_file() else (init, "last.pt")
+    state, pcfg = load_pretrained_network(run_dir, name)
     p_grid = BevGrid.from_spec(pcfg.get("grid", {}))
     if p_grid != cfg.grid:
         raise OccfeatError(f"pretraining run {init} used grid {p_grid.spec()}, this finetune uses {cfg.grid.spec()}; use the same grid")
@@ -251,7 +253,7 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
     # The pretrained state replaces every backbone weight, so no ImageNet file is needed here.
     network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
     network.load_state_dict(state)
-    pprov = _read_json(init / "provenance.json") or load_checkpoint(init / "checkpoints" / "last.pt")["task"].get("provenance", {})
+    pprov = _read_json(run_dir / "provenance.json") or load_checkpoint(run_dir / "checkpoints" / name)["task"].get("provenance", {})
     backbone = pprov.get("backbone", {})
     teacher = pprov.get("teacher", {})
     stamp = {
@@ -382,7 +384,8 @@ def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | 
     ``metrics.json`` and ``samples.npz`` when that is the run's own val split, else writes
     ``metrics-<split>.json``. Returns the metrics dict."""
     run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    retrain = f"move it aside and rerun the finetune command with --out {run_dir} --resume to train it again"
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", if_damaged=retrain)
     payload = ckpt.get("task", {})
     if "model" not in payload or "data" not in payload:
         raise OccfeatError(f"{run_dir} is not an occfeat finetune run (its checkpoint holds no segmentation model)")

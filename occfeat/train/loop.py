@@ -26,8 +26,10 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import random
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -42,7 +44,9 @@ from tqdm import tqdm
 from occfeat.errors import OccfeatError
 from occfeat.train import dist as D
 
-CHECKPOINT_FORMAT = "occfeat-checkpoint/1"
+# /2: every value loads with torch.load(weights_only=True) (RNG states as ints, lists and tensors).
+CHECKPOINT_FORMAT = "occfeat-checkpoint/2"
+OLD_CHECKPOINT_FORMATS = ("occfeat-checkpoint/1",)
 # Keys that may change on --resume: they say how long/loud/where to run, not what is trained.
 RESUME_FREE_KEYS = ("train.max_steps", "train.log_every", "train.num_workers", "train.device")
 
@@ -133,15 +137,25 @@ def config_diff(old: dict, new: dict) -> list[str]:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG the loop touches, in types ``torch.load(weights_only=True)`` accepts (ints, lists, tensors)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "mt": list(mt), "gauss": gauss},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},  # fmt: skip
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, nps = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["mt"]), py["gauss"]))
+    keys = nps["keys"].numpy().astype(np.uint32)
+    np.random.set_state((nps["kind"], keys, nps["pos"], nps["has_gauss"], nps["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -154,15 +168,45 @@ def atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint written by :func:`fit`; one-line error if it is missing or not ours."""
+DAMAGED_ADVICE = "copy it again from where it came from, or use an earlier run"
+
+
+def _old_format(path: Path) -> str | None:
+    """The format tag of an older occfeat checkpoint, read from the pickle's bytes without unpickling it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
+            data = z.read(pkl) if pkl else b""
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return next((tag for tag in OLD_CHECKPOINT_FORMATS if tag.encode() in data), None)
+
+
+def load_checkpoint(path: Path, if_damaged: str = DAMAGED_ADVICE) -> dict:
+    """A checkpoint written by :func:`fit`; one-line error if it is missing, damaged or not ours.
+
+    Loaded with ``weights_only=True``: a checkpoint is a file users download and share, and unpickling
+    arbitrary objects would run whatever code the file names. ``if_damaged``: what the user can do
+    instead when the file cannot be read (the caller knows what works in its context).
+    """
+    path = Path(path)
     if not path.is_file():
         raise OccfeatError(f"checkpoint {path} not found; point to a run dir written by occfeat")
     try:
-        # Our own files: they hold numpy/python RNG states, which weights_only loading refuses.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the weights-only unpickler met an object it does not allow
+        old = _old_format(path)
+        if old:
+            raise OccfeatError(
+                f"checkpoint {path} is in an older occfeat format ({old}) that pickled Python objects and is not loaded, "
+                f"since unpickling can run code; rerun the stage that wrote it with this version (a new --out)"
+            ) from None
+        raise OccfeatError(
+            f"checkpoint {path} holds Python objects other than tensors and plain values and is not loaded, "
+            f"since unpickling them could run code; use a checkpoint written by occfeat {CHECKPOINT_FORMAT}"
+        ) from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise OccfeatError(f"checkpoint {path} cannot be read ({type(e).__name__}); it is damaged, use an earlier epoch_*.pt") from e
+        raise OccfeatError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is damaged; {if_damaged}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise OccfeatError(f"{path} is not an occfeat checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt
@@ -186,7 +230,9 @@ def _prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> dict | None:
         shown = ", ".join(f"{k} ({_flatten(old).get(k)!r} → {_flatten(config).get(k)!r})" for k in diff[:4])
         raise OccfeatError(f"--resume with another config than {cfg_path}: {shown}; drop the changes or start a new --out")
     last = run_dir / "checkpoints" / "last.pt"
-    return load_checkpoint(last) if last.exists() else None
+    # epoch_*.pt hold no optimizer/RNG state: they cannot continue a run exactly, so they are not offered here.
+    restart = f"move it aside and rerun with --resume to restart {run_dir} from step 0"
+    return load_checkpoint(last, if_damaged=restart) if last.exists() else None
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -261,7 +307,7 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
     if err:
         raise OccfeatError(err)
     if env.enabled and not env.is_main and resume and (run_dir / "checkpoints" / "last.pt").exists():
-        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")  # rank 0 read it fine just before
     ckpt_dir, metrics_path = run_dir / "checkpoints", run_dir / "metrics.jsonl"
     if env.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -185,14 +185,15 @@ def pretrain(
 def load_pretrained_network(run_dir: str | Path, checkpoint: str = "last.pt") -> tuple[dict, dict]:
     """(network state_dict without the head, resolved pretraining config) of a pretraining run.
 
-    ``checkpoint``: "last.pt" or an "epoch_NNN.pt" under RUN_DIR/checkpoints. Rebuild the network with
+    ``checkpoint``: "last.pt" or an "epoch_NNN.pt" under RUN_DIR/checkpoints (``finetune --init`` takes
+    either the run dir or the path of one of them). Rebuild the network with
     ``build_network(merge(NetworkConfig(), config["network"]), BevGrid.from_spec(config["grid"]))``
     (``occfeat.config.merge``), then ``load_state_dict``.
     """
     path = Path(run_dir) / "checkpoints" / checkpoint
     if not path.is_file():
         raise OccfeatError(f"{run_dir} has no checkpoints/{checkpoint}; pass a run dir written by `occfeat pretrain`")
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, if_damaged=f"pass one of {Path(run_dir) / 'checkpoints'}/epoch_*.pt as --init instead")
     if "network" not in ckpt.get("task", {}):
         raise OccfeatError(f"{path} is not a pretraining checkpoint (no network weights); pass an `occfeat pretrain` run dir")
     return ckpt["task"]["network"], ckpt["config"]
