@@ -101,12 +101,13 @@ def _open_locked(lock: Path, out: Path) -> int | None:
 
 
 @contextmanager
-def output_lock(out: str | Path, what: str = "output") -> Iterator[Path]:
+def output_lock(out: str | Path, what: str = "output", wait_s: float = 0.0) -> Iterator[Path]:
     """Hold the exclusive write lock of ``out`` (a file or folder) for the ``with`` block.
 
     A second writer gets one :class:`OccfeatError` line naming the holder (pid, host, command, since).
     A lock whose holder died is taken over. Yields the lock file's path; removes it on exit.
-    ``what`` names the output in the error ("cache", "dataroot", "run dir").
+    ``what`` names the output in the error ("cache", "dataroot", "run dir"). ``wait_s``: wait up to this
+    long for a live holder to finish instead of failing at once (for outputs runs share, like a GT cache).
     """
     out = Path(out)
     key = str(out.resolve())
@@ -115,7 +116,8 @@ def output_lock(out: str | Path, what: str = "output") -> Iterator[Path]:
         try:
             yield lock_path(out)
         finally:
-            _HELD[key][1] -= 1
+            if key in _HELD:  # (the outer holder may have left first, e.g. garbage-collected out of order)
+                _HELD[key][1] -= 1
         return
     lock = lock_path(out)
     try:
@@ -123,12 +125,16 @@ def output_lock(out: str | Path, what: str = "output") -> Iterator[Path]:
     except OSError as e:
         raise OccfeatError(f"cannot create {lock.parent} ({e.strerror}); make it writable or choose another output") from None
     fd = None
-    for _ in range(20):
+    deadline = time.monotonic() + wait_s
+    for _ in range(20 + int(wait_s * 4)):
         fd = _open_locked(lock, out)
         if fd is not None and fd >= 0:
             break
         if fd is None:
             holder = read_holder(lock)
+            if not _stale(holder) and time.monotonic() < deadline:
+                time.sleep(0.25)
+                continue
             if not _stale(holder):
                 raise OccfeatError(
                     f"{what} {out} is being written by {_describe(holder)}; wait for it to finish, stop it, "
