@@ -39,9 +39,9 @@ from occfeat.errors import OccfeatError, write_error
 from occfeat.lock import output_lock
 
 PARTS_SUFFIX = ".parts"
-# Free space kept in reserve on top of a cache's payload bytes before assembling it (HDF5 metadata,
-# chunk index); assembling is refused when the disk has less.
-SPACE_MARGIN = 1 << 20
+# Free space kept in reserve on top of a block's or cache's payload bytes (HDF5 metadata, chunk index:
+# plus 1 %); writing is refused when the disk has less.
+SPACE_MARGIN = 64 << 10
 # Spec keys that describe a cache without defining it: stored, shown, never compared. Upgrading occfeat
 # or moving a weights file (same sha256) must not invalidate a 73 GB feature cache.
 DESCRIPTIVE_KEYS = frozenset({"occfeat_version", "weights_source"})
@@ -184,6 +184,7 @@ class CacheWriter:
 
     def _check_space(self, need: int, path: Path, doing: str) -> None:
         # HDF5 that hits a full disk can crash the interpreter (exit 139): refuse before writing instead.
+        need += need // 100
         free = shutil.disk_usage(path.parent).free
         if free < need:
             raise OccfeatError(

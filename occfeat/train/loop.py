@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from occfeat.errors import OccfeatError
+from occfeat.lock import output_lock
 from occfeat.train import dist as D
 
 CHECKPOINT_FORMAT = "occfeat-checkpoint/1"
@@ -238,7 +239,9 @@ def fit(task: Task, cfg: TrainConfig, run_dir: str | Path, resume: bool = False)
     run_dir = Path(run_dir)
     env = D.init_distributed()
     try:
-        return _fit(task, cfg, run_dir, resume, env)
+        # One writer per run dir (rank 0 holds it for the whole run): a second command on it gets one line.
+        with output_lock(run_dir, "run dir") if env.is_main else contextlib.nullcontext():
+            return _fit(task, cfg, run_dir, resume, env)
     finally:
         D.shutdown(env)
 
