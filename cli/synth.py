@@ -9,7 +9,7 @@ import typer
 
 from cli.common import console, one_line_errors, parse_size
 from cli.main import app
-from occfeat.data.synth import SynthConfig, write_dataroot
+from occfeat.data.synth import SynthConfig, is_complete, write_dataroot
 
 _D = SynthConfig()
 
@@ -24,11 +24,16 @@ def synth(
     image_size: str = typer.Option("x".join(map(str, _D.image_size)), help="camera image WIDTHxHEIGHT"),
     version: str = typer.Option(_D.version, help="table folder name: v1.0-mini or v1.0-trainval"),
     map_name: str = typer.Option(_D.map_name, "--map", help="one of the devkit's four map names"),
-    overwrite: bool = typer.Option(False, help="replace a non-empty --out"),
+    overwrite: bool = typer.Option(False, help="replace a non-empty --out (a world synth wrote with the same options is kept)"),
 ) -> None:
-    """Write a synthetic nuScenes-format dataroot (6 cameras, LIDAR_TOP + sweeps, boxes, map)."""
+    """Write a synthetic nuScenes-format dataroot (6 cameras, LIDAR_TOP + sweeps, boxes, map).
+
+    Rerunning the same command leaves a finished world as is; a killed run (an --overwrite too) is finished or undone by the next."""
     cfg = SynthConfig(scenes=scenes, samples_per_scene=samples_per_scene, seed=seed, image_size=parse_size(image_size),
                       version=version, map_name=map_name)
+    if is_complete(out, cfg):  # rerunning the same command (with or without --overwrite) keeps the same bytes
+        console.print(f"{out} is already complete (same synth config); nothing to do", soft_wrap=True)
+        return
     tic = time.perf_counter()
     timings: dict = {}
     write_dataroot(out, cfg, overwrite=overwrite, timings=timings)

@@ -30,6 +30,7 @@ from occfeat import __version__
 from occfeat.data.index import CAMERAS, SampleIndex
 from occfeat.data.store import CacheReader, CacheWriter, Payload
 from occfeat.errors import OccfeatError
+from occfeat.procs import die_with_parent
 from occfeat.weights import Provenance, create_timm_model
 
 KIND = "teacher_features"
@@ -256,13 +257,13 @@ def extract_features(
         "dataroot": str(Path(dataroot).resolve()),
         "occfeat_version": __version__,
     }
-    writer = CacheWriter(out, index.tokens, spec, {"features": Payload(shape, "float16")}, block_size=block_samples)
-    pending = writer.pending()
-    t0 = time.perf_counter()
-    n_images = 0
-    if pending:
-        n_images = _run_blocks(writer, index, pending, model.to(dev), info, dev, batch_size, workers, skip_bad, progress)
-    skipped = writer.finalize()
+    with CacheWriter(out, index.tokens, spec, {"features": Payload(shape, "float16")}, block_size=block_samples) as writer:
+        pending = writer.pending()
+        t0 = time.perf_counter()
+        n_images = 0
+        if pending:
+            n_images = _run_blocks(writer, index, pending, model.to(dev), info, dev, batch_size, workers, skip_bad, progress)
+        skipped = writer.finalize()
     seconds = time.perf_counter() - t0
     return ExtractSummary(
         out=Path(out),
@@ -274,6 +275,10 @@ def extract_features(
         seconds=seconds,
         images_per_s=n_images / seconds if n_images else 0.0,
     )
+
+
+def _worker_init(_worker_id: int) -> None:
+    die_with_parent()  # a killed extract leaves no decoding workers behind
 
 
 def _run_blocks(writer, index, pending, model, info, dev, batch_size, workers, skip_bad, progress) -> int:
@@ -289,13 +294,14 @@ def _run_blocks(writer, index, pending, model, info, dev, batch_size, workers, s
         CameraImages(items, info["input_size"]),
         batch_size=batch_size,
         num_workers=workers,
+        worker_init_fn=_worker_init,
         pin_memory=cuda,
         persistent_workers=False,
     )
     block_of = {row: (start, stop) for start, stop in pending for row in range(start, stop)}
     buffers: dict[tuple[int, int], dict] = {}
-    bar = tqdm(total=len(items), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
-    with torch.inference_mode():
+    # The bar is closed before an error propagates, so the CLI's error line stands alone below it.
+    with tqdm(total=len(items), unit="img", desc="extract", disable=not progress, dynamic_ncols=True) as bar, torch.inference_mode():
         for images, rows, cams, errors in loader:
             bad = [i for i, e in enumerate(errors) if e]
             if bad and not skip_bad:
@@ -321,7 +327,6 @@ def _run_blocks(writer, index, pending, model, info, dev, batch_size, workers, s
                     writer.write_block(start, stop, {"features": f}, valid=buf["valid"])
                     del buffers[(start, stop)]
             bar.update(len(rows))
-    bar.close()
     return len(items)
 
 

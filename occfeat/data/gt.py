@@ -245,6 +245,9 @@ class GtCache:
         return target, valid
 
 
+GT_LOCK_WAIT_S = 3600.0  # another finetune run building the same split's ground truth
+
+
 def build_gt_cache(
     index: SampleIndex,
     grid: BevGrid,
@@ -260,21 +263,21 @@ def build_gt_cache(
     X, Y = grid.shape[:2]
     packed_y = (Y + 7) // 8
     payloads = {"target": Payload((len(classes), X, packed_y), "uint8"), "mask": Payload((X, packed_y), "uint8")}
-    writer = CacheWriter(path, index.tokens, spec, payloads, block_size)
-    pending = writer.pending()
-    if pending:
-        builder = GtBuilder(index, grid, task, cfg)
-        bar = tqdm(total=sum(b - a for a, b in pending), desc=f"ground truth ({task}, {index.split})", disable=not progress)
-        for start, stop in pending:
-            targets, masks = [], []
-            for token in index.tokens[start:stop]:
-                target, valid = builder(index.record(token))
-                targets.append(np.packbits(target, axis=-1))
-                masks.append(np.packbits(valid, axis=-1))
-                bar.update(1)
-            writer.write_block(start, stop, {"target": np.stack(targets), "mask": np.stack(masks)})
-        bar.close()
-    writer.finalize()
+    # Finetune runs side by side share this cache: wait for the one building it, then reuse its file.
+    with CacheWriter(path, index.tokens, spec, payloads, block_size, lock_wait_s=GT_LOCK_WAIT_S) as writer:
+        pending = writer.pending()
+        if pending:
+            builder = GtBuilder(index, grid, task, cfg)
+            with tqdm(total=sum(b - a for a, b in pending), desc=f"ground truth ({task}, {index.split})", disable=not progress) as bar:
+                for start, stop in pending:
+                    targets, masks = [], []
+                    for token in index.tokens[start:stop]:
+                        target, valid = builder(index.record(token))
+                        targets.append(np.packbits(target, axis=-1))
+                        masks.append(np.packbits(valid, axis=-1))
+                        bar.update(1)
+                    writer.write_block(start, stop, {"target": np.stack(targets), "mask": np.stack(masks)})
+        writer.finalize()
     return GtCache(path, spec)
 
 

@@ -11,8 +11,14 @@ Layout of a finished cache (readable with plain h5py; exact schemas per cache in
 Crash safety: rows are written in blocks to ``<out>.parts/<start>-<stop>.h5``, each first as a
 ``.tmp`` and then renamed (atomic on POSIX), so a killed run leaves only whole blocks behind and the
 next run writes the missing ones. :meth:`CacheWriter.finalize` assembles ``<out>`` the same way
-(tmp + rename) and removes the parts. A cache or parts folder made under another spec (grid, teacher,
-sweeps, dataroot...) is refused with a one-line error rather than mixed.
+(tmp + rename) in a helper process (HDF5 crashes the interpreter when it hits a full disk; a crashed helper
+is one error line and leaves the parts as they were), checks the result, renames it and removes the parts;
+parts left by a kill after that rename are removed by the next run. A cache or parts folder made under
+another spec (grid, teacher, sweeps, dataroot...) is refused with a one-line error rather than mixed.
+
+One writer per cache: a :class:`CacheWriter` holds the lock of ``<out>`` (:mod:`occfeat.lock`) from its
+creation until :meth:`CacheWriter.close` (use it as a context manager). Any OSError while writing (full
+disk, read-only folder) is one line naming the path; finished blocks stay.
 """
 
 from __future__ import annotations
@@ -20,15 +26,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from occfeat.errors import OccfeatError
+from occfeat.errors import OccfeatError, write_error
+from occfeat.lock import output_lock
 
 PARTS_SUFFIX = ".parts"
+# Free space kept in reserve on top of a block's or cache's payload bytes (HDF5 metadata, chunk index:
+# plus 1 %); writing is refused when the disk has less.
+SPACE_MARGIN = 64 << 10
 # Spec keys that describe a cache without defining it: stored, shown, never compared. Upgrading occfeat
 # or moving a weights file (same sha256) must not invalidate a 73 GB feature cache.
 DESCRIPTIVE_KEYS = frozenset({"occfeat_version", "weights_source"})
@@ -85,10 +98,14 @@ class CacheWriter:
     """Writes a per-sample cache in crash-safe blocks; rerunning resumes, a finished cache is left alone.
 
     ``spec`` must hold everything that makes two caches incompatible (grid, teacher, sweeps, dataroot
-    version, split...). ``payloads`` maps dataset name to :class:`Payload`.
+    version, split...). ``payloads`` maps dataset name to :class:`Payload`. Holds the write lock of
+    ``out`` until :meth:`close`; use ``with CacheWriter(...) as writer:``.
     """
 
-    def __init__(self, out: str | Path, tokens: list[str], spec: dict, payloads: dict[str, Payload], block_size: int):
+    def __init__(
+        self, out: str | Path, tokens: list[str], spec: dict, payloads: dict[str, Payload], block_size: int, lock_wait_s: float = 0.0
+    ):
+        """``lock_wait_s``: how long to wait for another writer of ``out`` before the one-line refusal."""
         self.out = Path(out)
         self.tokens = list(tokens)
         self.spec = dict(spec)
@@ -96,6 +113,25 @@ class CacheWriter:
         self.block_size = max(1, int(block_size))
         self.parts = self.out.with_name(self.out.name + PARTS_SUFFIX)
         self.complete = False
+        self._lock = ExitStack()
+        self._lock.enter_context(output_lock(self.out, "cache", wait_s=lock_wait_s))
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the write lock (the cache stays as it is: finished, or resumable from its parts)."""
+        self._lock.close()
+
+    def _open(self) -> None:
         if self.out.exists():
             check_spec(self.out, self.spec)
             with h5py.File(self.out, "r") as f:
@@ -106,6 +142,8 @@ class CacheWriter:
                     "use another --out or delete it"
                 )
             self.complete = True
+            # A kill between the final rename and the cleanup left the parts: the finished file is verified.
+            shutil.rmtree(self.parts, ignore_errors=True)
             return
         if self.parts.exists():
             meta = self.parts / "spec.json"
@@ -117,11 +155,15 @@ class CacheWriter:
                 diff = _spec_diff(old_spec, new_spec) or "another sample list"
                 raise OccfeatError(f"{self.parts} holds an unfinished run under another setting ({diff}); delete it or use another --out")
         else:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            self.parts.mkdir()
             tmp = self.parts / "spec.json.tmp"
-            tmp.write_text(json.dumps({"spec": json.loads(_spec_json(self.spec)), "tokens": self.tokens}))
-            os.replace(tmp, self.parts / "spec.json")
+            try:
+                self.out.parent.mkdir(parents=True, exist_ok=True)
+                self.parts.mkdir()
+                tmp.write_text(json.dumps({"spec": json.loads(_spec_json(self.spec)), "tokens": self.tokens}))
+                os.replace(tmp, self.parts / "spec.json")
+            except OSError as e:
+                shutil.rmtree(self.parts, ignore_errors=True)
+                raise write_error(e, tmp) from None
 
     # ---- blocks ----
     def _blocks(self) -> list[tuple[int, int]]:
@@ -137,23 +179,44 @@ class CacheWriter:
             return []
         return [b for b in self._blocks() if not self._part_path(*b).exists()]
 
+    def _payload_bytes(self, rows: int) -> int:
+        return sum(rows * int(np.prod(p.shape, dtype=np.int64)) * np.dtype(p.dtype).itemsize for p in self.payloads.values())
+
+    def _check_space(self, need: int, path: Path, doing: str) -> None:
+        # HDF5 that hits a full disk can crash the interpreter (exit 139): refuse before writing instead.
+        need += need // 100
+        free = shutil.disk_usage(path.parent).free
+        if free < need:
+            raise OccfeatError(
+                f"not enough free space to {doing} {path}: needs about {need / 2**20:,.1f} MiB, {free / 2**20:,.1f} MiB free "
+                f"on the disk that holds {path.parent}; free space and rerun (finished blocks in {self.parts.name} are kept)"
+            )
+
     def write_block(self, start: int, stop: int, data: dict[str, np.ndarray], valid: np.ndarray | None = None) -> None:
         """Write rows [start, stop) atomically. ``valid`` (stop-start,) bool marks skipped samples."""
         n = stop - start
         valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
         path = self._part_path(start, stop)
         tmp = path.with_suffix(".tmp")
-        with h5py.File(tmp, "w") as f:
-            for name, p in self.payloads.items():
-                arr = np.asarray(data[name])
-                if arr.shape != (n, *p.shape):
-                    raise ValueError(f"block {start}-{stop}: {name} has shape {arr.shape}, expected {(n, *p.shape)}")
-                f.create_dataset(name, data=arr.astype(p.dtype, copy=False))
-            f.create_dataset("valid", data=valid)
-        os.replace(tmp, path)
+        arrays = {}
+        for name, p in self.payloads.items():
+            arr = np.asarray(data[name])
+            if arr.shape != (n, *p.shape):
+                raise ValueError(f"block {start}-{stop}: {name} has shape {arr.shape}, expected {(n, *p.shape)}")
+            arrays[name] = arr.astype(p.dtype, copy=False)
+        self._check_space(self._payload_bytes(n) + n + SPACE_MARGIN, path, "write")
+        try:
+            with h5py.File(tmp, "w") as f:
+                for name, arr in arrays.items():
+                    f.create_dataset(name, data=arr)
+                f.create_dataset("valid", data=valid)
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise write_error(e, path, f"finished blocks in {self.parts.name} are kept") from None
 
     def finalize(self) -> list[str]:
-        """Assemble the parts into ``out`` (atomic) and remove them. Returns the skipped tokens."""
+        """Assemble the parts into ``out`` (atomic), check it, and remove the parts. Returns the skipped tokens."""
         if self.complete:
             with h5py.File(self.out, "r") as f:
                 return json.loads(f.attrs.get("skipped", "[]"))
@@ -163,28 +226,99 @@ class CacheWriter:
         n = len(self.tokens)
         tmp = self.out.with_name(self.out.name + ".tmp")
         skipped: list[str] = []
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("tokens", data=np.array(self.tokens, dtype=h5py.string_dtype()))
-            dsets = {
-                name: f.create_dataset(name, shape=(n, *p.shape), dtype=p.dtype, chunks=(1, *p.shape))
-                for name, p in self.payloads.items()
-            }
-            valid_all = f.create_dataset("valid", shape=(n,), dtype=bool)
-            for start, stop in self._blocks():
-                with h5py.File(self._part_path(start, stop), "r") as part:
-                    for name, d in dsets.items():
-                        d[start:stop] = part[name][()]
-                    valid = part["valid"][()]
-                    valid_all[start:stop] = valid
-                    skipped += [self.tokens[start + i] for i in np.flatnonzero(~valid)]
-            for k, v in self.spec.items():
-                f.attrs[k] = _encode(v)
-            f.attrs["spec"] = _spec_json(self.spec)
-            f.attrs["skipped"] = json.dumps(skipped)
-        os.replace(tmp, self.out)
+        for start, stop in self._blocks():
+            with h5py.File(self._part_path(start, stop), "r") as part:
+                skipped += [self.tokens[start + i] for i in np.flatnonzero(~part["valid"][()])]
+        tokens_bytes = sum(len(t.encode()) + 16 for t in self.tokens)
+        self._check_space(self._payload_bytes(n) + tokens_bytes + 64 * n + SPACE_MARGIN, self.out, "assemble")
+        job = {
+            "tmp": str(tmp), "tokens": self.tokens, "parent": os.getpid(),
+            "blocks": [[s, e, str(self._part_path(s, e))] for s, e in self._blocks()],
+            "payloads": {k: [list(p.shape), p.dtype] for k, p in self.payloads.items()},
+            "attrs": {k: _encode(v) for k, v in self.spec.items()} | {"spec": _spec_json(self.spec), "skipped": json.dumps(skipped)},
+        }
+        _assemble_in_helper(job, self.out)
+        try:
+            self._verify(tmp, skipped)
+            os.replace(tmp, self.out)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise write_error(e, self.out, f"finished blocks in {self.parts.name} are kept") from None
         shutil.rmtree(self.parts, ignore_errors=True)
         self.complete = True
         return skipped
+
+    def _verify(self, path: Path, skipped: list[str]) -> None:
+        """The assembled file holds our tokens, spec and payload shapes, else one line (parts kept)."""
+        try:
+            with h5py.File(path, "r") as f:
+                ok = (
+                    [t.decode() if isinstance(t, bytes) else t for t in f["tokens"][()]] == self.tokens
+                    and f.attrs["spec"] == _spec_json(self.spec)
+                    and json.loads(f.attrs["skipped"]) == skipped
+                    and all(f[k].shape == (len(self.tokens), *p.shape) for k, p in self.payloads.items())
+                )
+        except (OSError, KeyError) as e:
+            ok = False
+            why = type(e).__name__
+        else:
+            why = "contents differ from the parts"
+        if not ok:
+            path.unlink(missing_ok=True)
+            raise OccfeatError(f"assembling {self.out} gave an unreadable file ({why}); rerun (finished blocks in {self.parts.name} are kept)")
+
+
+def _assemble(job: dict) -> None:
+    """Copy the parts named in ``job`` into one HDF5 file ``job["tmp"]`` (runs in the helper process)."""
+    n = len(job["tokens"])
+    with h5py.File(job["tmp"], "w") as f:
+        f.create_dataset("tokens", data=np.array(job["tokens"], dtype=h5py.string_dtype()))
+        dsets = {
+            name: f.create_dataset(name, shape=(n, *shape), dtype=dtype, chunks=(1, *shape))
+            for name, (shape, dtype) in job["payloads"].items()
+        }
+        valid_all = f.create_dataset("valid", shape=(n,), dtype=bool)
+        for start, stop, part_path in job["blocks"]:
+            with h5py.File(part_path, "r") as part:
+                for name, d in dsets.items():
+                    d[start:stop] = part[name][()]
+                valid_all[start:stop] = part["valid"][()]
+        for k, v in job["attrs"].items():
+            f.attrs[k] = v
+
+
+def _assemble_main() -> None:
+    """Entry of the helper process: the job as JSON on stdin; an OSError is reported as JSON on stdout."""
+    from occfeat.procs import die_with_parent
+
+    job = json.loads(sys.stdin.read())
+    die_with_parent(job["parent"])  # an orphan must not keep writing a tmp file the next run rewrites
+    try:
+        _assemble(job)
+    except OSError as e:
+        print(json.dumps({"errno": e.errno, "strerror": e.strerror or str(e).splitlines()[0][:200]}), flush=True)
+        os._exit(3)  # no interpreter teardown: HDF5 after a failed write can crash in its destructors
+
+
+def _assemble_in_helper(job: dict, out: Path) -> None:
+    """Run :func:`_assemble` in a child interpreter; any failure of it becomes one line and no tmp file."""
+    root = str(Path(__file__).resolve().parents[2])
+    code = f"import sys; sys.path.insert(0, {root!r}); from occfeat.data.store import _assemble_main; _assemble_main()"
+    tmp = Path(job["tmp"])
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(job), capture_output=True, text=True)
+    if proc.returncode == 0:
+        return
+    tmp.unlink(missing_ok=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 3 and lines:
+        info = json.loads(lines[-1])
+        raise write_error(OSError(info["errno"], info["strerror"]), out, f"finished blocks in {out.name}{PARTS_SUFFIX} are kept")
+    how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+    last = (proc.stderr.strip().splitlines() or ["no message"])[-1][:160]
+    raise OccfeatError(
+        f"assembling {out} failed ({how}: {last}); check free space and the disk, then rerun "
+        f"(finished blocks in {out.name}{PARTS_SUFFIX} are kept)"
+    )
 
 
 class CacheReader:

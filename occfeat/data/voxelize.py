@@ -30,6 +30,7 @@ from occfeat.data.store import CacheWriter, Payload
 from occfeat.errors import OccfeatError
 from occfeat.geometry import invert_rigid
 from occfeat.grid import BevGrid
+from occfeat.procs import die_with_parent
 
 __all__ = ["VoxelizeConfig", "VoxelizeSummary", "SweepJob", "sample_points_ego", "voxelize_points", "build_occupancy"]
 
@@ -129,8 +130,9 @@ def sample_points_ego(rec: SampleRecord, sweeps: int = 1) -> np.ndarray:
 _GRID: BevGrid | None = None
 
 
-def _init_worker(grid: BevGrid) -> None:
+def _init_worker(grid: BevGrid, parent_pid: int) -> None:
     global _GRID
+    die_with_parent(parent_pid)  # a killed voxelize leaves no workers behind
     _GRID = grid
 
 
@@ -242,7 +244,7 @@ def build_occupancy(
                 results = [j if isinstance(j, OccfeatError) else _voxelize_job(j, grid) for j in jobs_of(start, stop)]
                 finish_block(start, stop, results)
         elif blocks:
-            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(grid,)) as pool:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(grid, os.getpid())) as pool:
                 # Keep two blocks in flight so workers never wait while the main process writes a block
                 # or builds the next block's jobs from the devkit index.
                 inflight: deque[tuple[int, int, list]] = deque()
@@ -263,6 +265,7 @@ def build_occupancy(
                     raise
         summary.skipped_total = writer.finalize()
     finally:
-        bar.close()
+        bar.close()  # before an error propagates, so the CLI's error line stands alone below the bar
+        writer.close()
     summary.seconds = time.perf_counter() - t0
     return summary

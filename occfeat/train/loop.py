@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from occfeat.errors import OccfeatError
+from occfeat.lock import output_lock
 from occfeat.train import dist as D
 
 # /2: every value loads with torch.load(weights_only=True) (RNG states as ints, lists and tensors).
@@ -284,7 +285,9 @@ def fit(task: Task, cfg: TrainConfig, run_dir: str | Path, resume: bool = False)
     run_dir = Path(run_dir)
     env = D.init_distributed()
     try:
-        return _fit(task, cfg, run_dir, resume, env)
+        # One writer per run dir (rank 0 holds it for the whole run): a second command on it gets one line.
+        with output_lock(run_dir, "run dir") if env.is_main else contextlib.nullcontext():
+            return _fit(task, cfg, run_dir, resume, env)
     finally:
         D.shutdown(env)
 

@@ -79,9 +79,28 @@ class OccFeatModel(nn.Module):
         return result
 
 
-def _check_caches(occ: OccupancyReader, feats: FeatureReader | None, tokens: list[str], split: str, cfg: PretrainConfig) -> int | None:
-    """The teacher width the head will predict, after checking the caches cover the split.
+def _check_source(name: str, path: Path, spec: dict, source: dict) -> None:
+    """Refuse a cache made from another dataroot or version, or from another split than ``source``'s
+    (a cache of split "all" serves every split): same tokens in another world are other samples."""
+    have = {k: spec.get(k) for k in ("dataroot", "version", "split")}
+    bad = [k for k in ("dataroot", "version") if have[k] is not None and have[k] != source[k]]
+    if have["split"] not in (None, "all", source["split"]):
+        bad.append("split")
+    if bad:
+        shown = ", ".join(f"{k} {have[k]!r} (this run: {source[k]!r})" for k in bad)
+        raise OccfeatError(f"the {name} cache {path} was made from another source: {shown}; point to the cache made from this "
+                           "dataroot, version and split, or rebuild it")
+
+
+def _check_caches(occ: OccupancyReader, feats: FeatureReader | None, tokens: list[str], split: str, cfg: PretrainConfig,
+                  source: dict | None = None) -> int | None:
+    """The teacher width the head will predict, after checking the caches cover the split and come from
+    ``source`` = {"dataroot" (resolved), "version", "split"} (when given).
     ``feats`` is None for occupancy-only pretraining, which never reads the teacher."""
+    if source is not None:
+        for name, reader in (("occupancy", occ), ("features", feats)):
+            if reader is not None:
+                _check_source(name, reader.path, reader.spec, source)
     if feats is None:
         missing = [t for t in tokens if t not in occ]
         if missing:
@@ -117,7 +136,8 @@ class PretrainTask:
         index = SampleIndex(dataroot, version, split)
         occ = OccupancyReader(occupancy, cfg.grid)  # refuses a cache built on another grid
         feats = FeatureReader(features) if teacher_used else None
-        self.cfg = replace(cfg, feature_dim=_check_caches(occ, feats, index.tokens, split, cfg))
+        source = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split or "all"}
+        self.cfg = replace(cfg, feature_dim=_check_caches(occ, feats, index.tokens, split, cfg, source))
         rigs = [camera_rig(index.record(t)) for t in index.tokens]
 
         torch.manual_seed(cfg.train.seed)  # the same recipe and seed build the same initial weights

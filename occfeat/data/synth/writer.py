@@ -27,7 +27,8 @@ from occfeat.data.synth.render import annotation_boxes, boxes_at, cast_lidar, re
 from occfeat.data.synth.rig import CAMERA_MOUNTS, KEYFRAME_HZ, LIDAR_MOUNT
 from occfeat.data.synth.tables import Tokens, attribute_name, static_tables, visibility_token, write_tables
 from occfeat.data.synth.world import Layout, Scene, make_layout, make_scene
-from occfeat.errors import OccfeatError
+from occfeat.errors import OccfeatError, write_error
+from occfeat.lock import output_lock
 from occfeat.geometry import apply_4x4, invert_rigid, make_transform, pose_from_transform, yaw_matrix
 
 BASE_TIMESTAMP_US = 1_533_201_470_000_000  # 2018-08-02, like the nuScenes logs; no wall clock anywhere
@@ -253,32 +254,59 @@ class _SceneWriter:
                                             "first_annotation_token": ann_toks[0], "last_annotation_token": ann_toks[-1]})
 
 
-def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings: dict | None = None) -> Path:
-    """Write a nuScenes-format dataroot at ``out`` (returned). Validates first; writes into a temporary
-    sibling folder and renames it at the end, so an interrupted run never leaves a half dataroot.
-    ``timings`` (optional) accumulates seconds spent in "render", "lidar" and "jpeg"."""
-    out = Path(out)
-    validate(out, cfg, overwrite)
-    timings = timings if timings is not None else {}
-    for k in ("render", "lidar", "jpeg"):
-        timings.setdefault(k, 0.0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.synth-tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by a killed run
-    tmp.mkdir()
+def is_complete(root: Path, cfg: SynthConfig) -> bool:
+    """Whether ``root`` is a complete world written by synth under ``cfg`` (its marker is written last)."""
     try:
-        _write(tmp, cfg, timings)
-        if out.exists():
-            trash = out.parent / f".{out.name}.synth-old"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        have = json.loads((root / SYNTH_MARKER).read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return have == json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings: dict | None = None) -> Path:
+    """Write a nuScenes-format dataroot at ``out`` (returned).
+
+    A world synth already wrote at ``out`` under the same config is left as is (same seed, same bytes),
+    with or without ``overwrite``. Otherwise validates first, writes into a temporary sibling folder and
+    renames it at the end, so an interrupted run never leaves a half dataroot; ``overwrite`` moves the
+    old one aside first and deletes it last, and a run killed anywhere in between is finished or undone
+    by the next one. Holds the lock of ``out`` throughout. ``timings`` (optional) accumulates seconds
+    spent in "render", "lidar" and "jpeg"."""
+    out = Path(out)
+    with output_lock(out, "dataroot"):
+        tmp = out.parent / f".{out.name}.synth-tmp"
+        trash = out.parent / f".{out.name}.synth-old"
+        try:
+            if not out.exists() and trash.exists():  # killed between the two renames of an overwrite
+                if is_complete(tmp, cfg):
+                    tmp.rename(out)
+                else:
+                    trash.rename(out)  # the old world back in place; the overwrite starts again below
+            if trash.exists():  # killed while deleting the old world of an overwrite
+                shutil.rmtree(trash)
+            if is_complete(out, cfg):
+                return out
+            validate(out, cfg, overwrite)
+            timings = timings if timings is not None else {}
+            for k in ("render", "lidar", "jpeg"):
+                timings.setdefault(k, 0.0)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)  # left by a killed run
+            tmp.mkdir()
+            try:
+                _write(tmp, cfg, timings)
+                if out.exists():
+                    out.rename(trash)
+                    tmp.rename(out)
+                    shutil.rmtree(trash)
+                else:
+                    tmp.rename(out)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        except OSError as e:
+            raise write_error(e, Path(e.filename) if e.filename else out) from None
     return out
 
 
