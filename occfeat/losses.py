@@ -1,7 +1,7 @@
-"""OccFeat losses (paper §3.2-3.3, eqs. 1-3) and the downstream segmentation loss.
+"""OccFeat losses (paper §3.2-3.3, eqs. 1-3) and the downstream segmentation losses.
 
 The terms are pure functions you can test alone; :class:`OccFeatLoss` combines them per the Table 3
-modes. Layouts follow occfeat.grid: occupancy targets (B, X, Y, Z), head logits (B, Z, X, Y).
+modes, :class:`VehicleSegLoss` (Simple-BEV's objective) and :class:`MapSegLoss` for finetuning. Layouts follow occfeat.grid: occupancy targets (B, X, Y, Z), head logits (B, Z, X, Y).
 """
 
 from __future__ import annotations
@@ -106,3 +106,88 @@ def segmentation_loss(
         return per_cell.mean()
     v = valid.to(per_cell.dtype).expand_as(per_cell)
     return (per_cell * v).sum() / v.sum().clamp(min=1.0)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(x * mask) / sum(mask); 0 (still attached to the graph) when the mask is empty."""
+    m = mask.to(x.dtype).expand_as(x)
+    return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
+def balanced_mse_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Simple-BEV's centerness loss (``balanced_mse_loss``, train_nuscenes.py ~63-72): the squared error
+    averaged separately over the cells with target > 0.5 and those with target < 0.5, then the two
+    means averaged, so the few centre cells weigh as much as the background. pred/target (B, 1, X, Y);
+    valid None = every cell (Simple-BEV calls it without one)."""
+    assert pred.shape == target.shape, f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must match"
+    se = (pred.float() - target.float()) ** 2
+    v = torch.ones_like(se) if valid is None else valid.to(se.dtype).expand_as(se)
+    return 0.5 * (_masked_mean(se, (target > 0.5) * v) + _masked_mean(se, (target < 0.5) * v))
+
+
+def offset_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Simple-BEV's offset loss (train_nuscenes.py ~189-190): L1 summed over the (2) offset channels,
+    averaged over the cells of ``mask`` (B, 1, X, Y) = vehicle cells that are valid. pred/target (B, 2, X, Y)."""
+    assert pred.shape == target.shape, f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must match"
+    l1 = (pred.float() - target.float()).abs().sum(dim=1, keepdim=True)
+    return _masked_mean(l1, mask)
+
+
+def uncertainty_weighted(loss: torch.Tensor, log_weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * loss * exp(-w) + 0.5 * w``, Simple-BEV's learned task weighting (train_nuscenes.py
+    ~192-203): scale 10 for the segmentation BCE, 1/2 for centerness and offset (their ``1 / (2 e^w)``)."""
+    return scale * loss * torch.exp(-log_weight) + 0.5 * log_weight
+
+
+class VehicleSegLoss(nn.Module):
+    """Simple-BEV's vehicle finetuning objective (train_nuscenes.py ~186-208):
+
+    ``10·BCE(pos_weight 2.13, mean over valid)·e^{-w_ce} + centerness/(2e^{w_c}) + offset/(2e^{w_o})
+    + 0.5(w_ce + w_c + w_o)``, with ``w_ce, w_c, w_o`` learned, starting at 0 (segnet.py's ``ce_weight``,
+    ``center_weight``, ``offset_weight``). They are this module's parameters: the model that trains
+    holds the module, so the optimizer updates them and the checkpoint saves them.
+
+    forward(out, batch): out {"segmentation" (B,1,X,Y) logits, "center" (B,1,X,Y) in [0,1], "offset"
+    (B,2,X,Y)}; batch {"target" (B,1,X,Y), "valid" (B,X,Y), "center", "offset"}. Returns (total, terms):
+    the raw terms ``loss_ce``/``loss_center``/``loss_offset``, the weights ``w_*`` and ``loss``, detached.
+    """
+
+    POS_WEIGHT = 2.13  # LSS's value, as Simple-BEV: SimpleLoss(2.13)
+    CE_SCALE = 10.0
+
+    def __init__(self):
+        super().__init__()
+        self.ce_weight = nn.Parameter(torch.tensor(0.0))
+        self.center_weight = nn.Parameter(torch.tensor(0.0))
+        self.offset_weight = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        valid = batch["valid"][:, None]
+        ce = segmentation_loss(out["segmentation"], batch["target"], valid, self.POS_WEIGHT)
+        center = balanced_mse_loss(out["center"], batch["center"])
+        offset = offset_loss(out["offset"], batch["offset"], batch["target"].bool() & valid.bool())
+        total = (
+            uncertainty_weighted(ce, self.ce_weight, self.CE_SCALE)
+            + uncertainty_weighted(center, self.center_weight, 0.5)
+            + uncertainty_weighted(offset, self.offset_weight, 0.5)
+        )
+        terms = {"loss": total, "loss_ce": ce, "loss_center": center, "loss_offset": offset,
+                 "w_ce": self.ce_weight, "w_center": self.center_weight, "w_offset": self.offset_weight}
+        return total, {k: v.detach() for k, v in terms.items()}
+
+
+class MapSegLoss(nn.Module):
+    """Map finetuning objective: BCE per class (no pos_weight), mean over classes and valid cells.
+
+    Simple-BEV has no map objective. There are no instances, so no centerness or offset terms, and a
+    learned uncertainty weight on a single term only rescales its gradient by e^{-w}, which Adam's
+    per-parameter normalisation undoes (apart from the gradient clip), so neither it nor the ×10 is
+    used. No per-class pos_weight either: the paper gives none, and an unweighted BCE keeps the
+    map numbers comparable with occfeat's earlier runs (rare classes such as dividers and crosswalks
+    will score low at the 0.5 threshold; a known limitation). Same forward contract as
+    :class:`VehicleSegLoss`; terms {"loss", "loss_ce"}.
+    """
+
+    def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ce = segmentation_loss(out["segmentation"], batch["target"], batch["valid"][:, None])
+        return ce, {"loss": ce.detach(), "loss_ce": ce.detach()}

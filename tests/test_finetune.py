@@ -124,6 +124,16 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
     assert m["provenance"]["synthetic_data"] and m["provenance"]["backbone_random_init"]
     assert m["pretraining"] == {"mode": "none"}
     assert (tmp_path / "runs" / "gt-cache").is_dir()  # shared by sibling runs
+    # Simple-BEV's objective: every term and learned weight logged; the weights (trained) and the
+    # instance heads are in the checkpoint, outside the segmentation model that evaluation reads.
+    import torch
+
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss", "loss_ce", "loss_center", "loss_offset", "w_ce", "w_center", "w_offset"} <= set(row)
+    payload = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["task"]
+    assert set(payload["objective"]) == {"ce_weight", "center_weight", "offset_weight"}
+    assert payload["objective"]["ce_weight"].item() != 0.0 and any(k.startswith("center.") for k in payload["aux"])
+    assert all(k.startswith(("network.", "head.")) for k in payload["model"])
     samples = dict(__import__("numpy").load(out / "samples.npz"))
     assert samples["target"].shape == (2, 1, 50, 50) and samples["cameras"].shape[:2] == (2, 6)
 
@@ -140,3 +150,21 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
 
     table = write_report([out], tmp_path / "report", plots=False)["table"]
     assert table.index[0][3] == "None§*" and table.iloc[0, 0] == f"{100 * m['mean_iou']:.1f}"
+
+
+def test_segmentation_items_carry_targets_in_the_reference_frame(synth_root, tmp_path):
+    import numpy as np
+
+    from occfeat.data.index import SampleIndex
+    from occfeat.train.finetune import segmentation_set
+
+    index = SampleIndex(synth_root, "v1.0-mini", "mini_train")
+    cfg = resolve_config(TINY, "vehicle", 1.0)
+    ds = segmentation_set(index, index.tokens[:2], cfg, tmp_path, train=False, progress=False)
+    ref_T_ego = np.eye(4)
+    ref_T_ego[:2, :2] = [[0.0, 1.0], [-1.0, 0.0]]  # R turned 90 degrees left of the ego frame
+    plain, turned = ds.targets(ds.rigs[0]), ds.targets(ds.rigs[0], ref_T_ego)
+    assert plain["target"].shape == (1, 50, 50) and plain["center"].shape == (1, 50, 50) and plain["offset"].shape == (2, 50, 50)
+    # A 90-degree turn about the grid centre: R[a, b] = ego[49 - b, a] (x_R = y_ego, y_R = -x_ego).
+    np.testing.assert_array_equal(turned["center"][0].numpy(), np.rot90(plain["center"][0].numpy(), k=-1))
+    assert plain["target"].any()

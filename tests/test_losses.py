@@ -7,7 +7,17 @@ import pytest
 import torch
 
 from occfeat.errors import OccfeatError
-from occfeat.losses import OccFeatLoss, feature_distillation_loss, occupancy_loss, segmentation_loss
+from occfeat.losses import (
+    MapSegLoss,
+    OccFeatLoss,
+    VehicleSegLoss,
+    balanced_mse_loss,
+    feature_distillation_loss,
+    occupancy_loss,
+    offset_loss,
+    segmentation_loss,
+    uncertainty_weighted,
+)
 
 
 def test_occupancy_loss_by_hand():
@@ -99,3 +109,63 @@ def test_segmentation_loss_mask_and_pos_weight():
     assert segmentation_loss(logits, target, valid, pos_weight=3.0).item() == pytest.approx(2 * ln2)
     none = segmentation_loss(logits.requires_grad_(), target, torch.zeros_like(valid))
     assert none.item() == 0.0 and none.requires_grad
+
+
+def test_balanced_mse_by_hand():
+    # positives (target > 0.5): errors 0.5^2 and 0; negatives: 0.2^2, 0.4^2, 0 (target 0.5 is neither).
+    target = torch.tensor([1.0, 0.8, 0.0, 0.1, 0.0, 0.5]).view(1, 1, 1, 6)
+    pred = torch.tensor([0.5, 0.8, 0.2, 0.5, 0.0, 0.9]).view(1, 1, 1, 6)
+    pos, neg = (0.25 + 0.0) / 2, (0.04 + 0.16 + 0.0) / 3
+    assert balanced_mse_loss(pred, target).item() == pytest.approx(0.5 * (pos + neg), rel=1e-6)
+    valid = torch.tensor([True, False, True, True, True, True]).view(1, 1, 1, 6)
+    assert balanced_mse_loss(pred, target, valid).item() == pytest.approx(0.5 * (0.25 + neg), rel=1e-6)
+
+
+def test_offset_loss_sums_channels_and_averages_over_the_mask():
+    pred = torch.tensor([[1.0, 0.0, 5.0], [2.0, -1.0, 5.0]]).view(1, 2, 1, 3)
+    target = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).view(1, 2, 1, 3)
+    mask = torch.tensor([True, True, False]).view(1, 1, 1, 3)  # the third cell (error 10) is not a vehicle
+    assert offset_loss(pred, target, mask).item() == pytest.approx((3.0 + 2.0) / 2)
+    assert offset_loss(pred, target, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_uncertainty_weighting_by_hand():
+    w = torch.tensor(math.log(2.0), requires_grad=True)
+    got = uncertainty_weighted(torch.tensor(3.0), w, 10.0)
+    assert got.item() == pytest.approx(10 * 3 / 2 + 0.5 * math.log(2.0))
+    got.backward()
+    assert w.grad.item() == pytest.approx(-15.0 + 0.5)  # d/dw: -scale·L·e^-w + 1/2
+
+
+def test_vehicle_seg_loss_combines_the_terms_like_simple_bev():
+    loss = VehicleSegLoss()
+    assert sorted(n for n, _ in loss.named_parameters()) == ["ce_weight", "center_weight", "offset_weight"]
+    out = {"segmentation": torch.zeros(1, 1, 1, 2), "center": torch.tensor([0.5, 0.5]).view(1, 1, 1, 2),
+           "offset": torch.tensor([[1.0, 7.0], [1.0, 7.0]]).view(1, 2, 1, 2)}
+    batch = {"target": torch.tensor([1.0, 0.0]).view(1, 1, 1, 2), "valid": torch.ones(1, 1, 2, dtype=torch.bool),
+             "center": torch.tensor([1.0, 0.0]).view(1, 1, 1, 2), "offset": torch.zeros(1, 2, 1, 2)}
+    ce = (2.13 * math.log(2.0) + math.log(2.0)) / 2  # logit 0: -ln(1/2) per cell, the positive x 2.13
+    center = 0.5 * (0.25 + 0.25)
+    offset = 2.0  # only the vehicle cell: |1| + |1|
+    with torch.no_grad():
+        loss.ce_weight.fill_(math.log(4.0))
+        loss.center_weight.fill_(0.0)
+        loss.offset_weight.fill_(1.0)
+    total, terms = loss(out, batch)
+    expected = 10 * ce / 4 + 0.5 * math.log(4.0) + center / 2 + offset / (2 * math.e) + 0.5
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+    assert terms["loss_ce"].item() == pytest.approx(ce, rel=1e-6)
+    assert terms["loss_center"].item() == pytest.approx(center) and terms["loss_offset"].item() == pytest.approx(offset)
+    assert terms["w_ce"].item() == pytest.approx(math.log(4.0)) and not terms["loss"].requires_grad
+    # An invalid vehicle cell counts in neither the BCE nor the offset term.
+    batch["valid"] = torch.tensor([False, True]).view(1, 1, 2)
+    _, terms = loss(out, batch)
+    assert terms["loss_ce"].item() == pytest.approx(math.log(2.0)) and terms["loss_offset"].item() == 0.0
+
+
+def test_map_seg_loss_is_plain_bce_over_classes_and_valid_cells():
+    out = {"segmentation": torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)}
+    batch = {"target": torch.tensor([1.0, 0.0]).view(1, 2, 1, 1), "valid": torch.ones(1, 1, 1, dtype=torch.bool)}
+    total, terms = MapSegLoss()(out, batch)
+    assert total.item() == pytest.approx((math.log(2.0) + math.log(4.0)) / 2, rel=1e-6)
+    assert set(terms) == {"loss", "loss_ce"} and not list(MapSegLoss().parameters())

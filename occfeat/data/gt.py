@@ -1,86 +1,153 @@
-"""BEV segmentation ground truth: vehicle footprints and map layers on the BEV grid, and their cache.
+"""BEV segmentation ground truth: what is drawn and how (:class:`GtConfig`), vehicle footprints with their
+instance targets, and the split's vehicle boxes kept for drawing them in any reference frame.
 
-Frame: the ego frame at the key-frame LiDAR timestamp (the grid's frame, see ``occfeat/grid.py``).
-Layout: ``target (C, X, Y)`` bool and ``valid (X, Y)`` bool per sample.
+Frame: the grid's frame R. At evaluation R is the ego frame at the key-frame LiDAR timestamp; with the
+random reference camera (training) R = ``ref_T_ego`` applied to it, and every target is drawn from the
+raw boxes / map geometry moved into R, never resampled from another grid. Layouts, per sample:
+``target (C, X, Y)`` bool, ``valid (X, Y)`` bool; vehicles also ``center (1, X, Y)`` and ``offset
+(2, X, Y)`` float32. Grid coordinates of a point: ``u = (p - lower) / voxel_size - 0.5`` per axis, so
+cell ``[ix, iy]`` has its centre at ``u = (ix, iy)`` (Simple-BEV's "mem" coordinates,
+``utils/vox.py`` ``get_mem_T_ref``).
 
-Rasterisation rule, the same for every class: **a cell is set iff its centre lies inside the shape**
-(strictly inside, as the devkit's ``layers_on_point``; a line counts as its buffer by half the line
-width, i.e. the cells within w/2 of it). No anti-aliasing and no "any overlap" rule, so a box or polygon smaller than a cell can vanish.
+Vehicles (task ``vehicle``, one class): every ``vehicle.*`` box of the key frame (Simple-BEV's
+``'vehicle' in category_name``, ``nuscenesdataset.py`` ~943). Footprint = the box's bottom face projected
+on the ground plane of R. Two rules (:attr:`GtConfig.vehicle_rule`):
 
-- ``vehicle`` (1 class): footprints of every ``vehicle.*`` box of the key frame, read with the devkit
-  (``nusc.get_boxes`` → :class:`nuscenes.utils.data_classes.Box`, moved into the ego frame); the
-  footprint is the box's bottom face projected on the ground. Boxes with visibility token ``'1'``
-  (0-40 % visible in the cameras) are not targets, and ``valid`` is False on their footprint, so they
-  count in neither the loss nor the IoU: the Simple-BEV/LSS protocol.
-- ``map`` (5 classes, :data:`MAP_CLASSES` order): drivable_area, walkway, ped_crossing and
-  carpark_area polygons, and road_divider + lane_divider lines drawn :data:`GtConfig.divider_width`
-  metres wide, from the devkit map of the scene's log location. Cell centres are taken on the ego's
-  ground plane (z = 0) and moved into the map frame through the full ego pose; the map is 2-D. Lines
-  are rasterised from their geometry here because ``get_map_mask`` on line layers crashes with
-  devkit 1.2.0 + Shapely 2 (DESIGN.md). ``valid`` is all True.
+- ``"fillpoly"`` (default, Simple-BEV's ``get_seg_bev``, ``nuscenesdataset.py`` ~844-874): the four
+  footprint corners in grid coordinates are truncated to int (``.astype(np.int32)``, i.e. toward zero)
+  and the quad is filled with ``cv2.fillPoly``, which sets every cell the polygon touches, edges
+  included. Simple-BEV's grid is indexed (forward, camera-right) and ours (forward = X, left = Y), both
+  from the minimum bound; truncation moves a corner toward the lower index, i.e. rearward in both and
+  toward the right here but toward the left in Simple-BEV: the cells are Simple-BEV's for the same boxes
+  on the same grid up to that lateral orientation of the truncation.
+- ``"centre"``: a cell is set iff its centre lies inside the footprint (edges count); a box smaller than
+  a cell can vanish. occfeat's rule before Simple-BEV parity.
+
+Boxes are drawn in order with instance id n + 1 (a later box overwrites an earlier one, as
+``cv2.fillPoly(seg, [pts], n+1.0)`` does). Boxes with a visibility token in :attr:`GtConfig.invisible`
+(nuScenes ``'1'``: 0-40 % visible) are drawn too but ``valid`` is False on their footprint, drawn by the
+same rule, so they count in neither the loss nor the IoU (Simple-BEV/LSS protocol, ~870-872).
+``center`` and ``offset`` follow ``get_center_and_offset_bev`` (~877-925) and ``Vox_util.xyz2circles_bev``
+(``utils/vox.py``); see :func:`centerness` and :func:`instance_offsets`.
+
+Map classes: :attr:`GtConfig.map_layers`; drawing in ``occfeat/data/gt_map.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
-import shapely
 from tqdm import tqdm
 
-from occfeat.data.index import SampleIndex, SampleRecord
-from occfeat.data.store import CacheReader, CacheWriter, Payload
 from occfeat.errors import OccfeatError
 from occfeat.geometry import apply_4x4, invert_rigid
 from occfeat.grid import BevGrid
 
-# Class names per task, in channel order: the one home of these names.
-MAP_LAYERS: dict[str, tuple[str, ...]] = {
+VEHICLE_PREFIX = "vehicle."
+VEHICLE_RULES = ("fillpoly", "centre")
+LINE_LAYERS = ("road_divider", "lane_divider")
+POLYGON_LAYERS = ("drivable_area", "road_segment", "road_block", "lane", "ped_crossing", "walkway", "stop_line", "carpark_area")
+
+# The paper (§4.1, "Second, we focus on the layout ...") names the map classes "road", "sidewalk",
+# "crosswalk", "parking area" and "road dividers". Read literally against the nuScenes map expansion:
+# road = drivable_area, sidewalk = walkway, crosswalk = ped_crossing, parking area = carpark_area and
+# road dividers = road_divider (the lines between opposite traffic directions) only; lane_divider (lines
+# between lanes of one direction) is another layer the paper does not name. BEVFusion's "divider"
+# (road_divider + lane_divider) is the alternative: ``gt.map_layers.divider=[road_divider, lane_divider]``.
+PAPER_MAP_LAYERS: dict[str, tuple[str, ...]] = {
     "road": ("drivable_area",),
     "sidewalk": ("walkway",),
     "crosswalk": ("ped_crossing",),
     "parking": ("carpark_area",),
-    "divider": ("road_divider", "lane_divider"),
+    "divider": ("road_divider",),
 }
-LINE_LAYERS = ("road_divider", "lane_divider")
-MAP_CLASSES: tuple[str, ...] = tuple(MAP_LAYERS)
-TASK_CLASSES: dict[str, tuple[str, ...]] = {"vehicle": ("vehicle",), "map": MAP_CLASSES}
-VEHICLE_PREFIX = "vehicle."
-GT_FORMAT = 1  # bump when the rasterisation changes, so old caches are refused
+TASKS = ("vehicle", "map")
+GT_FORMAT = 2  # 2: fillPoly vehicle rule, map classes from the config; bump when drawing changes
+
+# Simple-BEV's instance targets (get_center_and_offset_bev, nuscenesdataset.py ~877-925).
+CENTER_SIGMA = 3.0
+"""Gaussian sigma in cells of the centerness target (``radius = 3``, read as sigma by xyz2circles_bev)."""
+CENTER_FLOOR = 1e-3
+"""Centerness values below this are set to 0 (``mask[mask < 0.001] = 0.0`` in xyz2circles_bev)."""
+OFFSET_SCALE = 2.0
+"""Simple-BEV's offset is ``min + max`` over its singleton height axis of ``cell - centre``: twice the
+vector (``offset = min_offset + max_offset``); kept so the L1 term has Simple-BEV's magnitude."""
 
 
 @dataclass(frozen=True)
 class GtConfig:
-    """How ground truth is drawn (stored in the cache spec)."""
+    """How ground truth is drawn (stored in the cache spec; a change makes a new cache)."""
 
+    vehicle_rule: str = "fillpoly"
+    """"fillpoly": Simple-BEV's (corners truncated to int, ``cv2.fillPoly``, edges included);
+    "centre": a cell is set iff its centre is inside the footprint."""
+    map_layers: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(PAPER_MAP_LAYERS))
+    """Map class name → nuScenes map-expansion layers united into it, in channel order. Default: the
+    paper's five classes (see :data:`PAPER_MAP_LAYERS`). A recipe replaces the whole mapping."""
     divider_width: float = 1.0
-    """Width in metres of the divider lines (2 cells on the paper's 0.5 m grid)."""
+    """Width in metres of line layers (road_divider, lane_divider): 2 cells of the paper's 0.5 m grid.
+    The paper does not state it."""
     invisible: tuple[str, ...] = ("1",)
     """Visibility tokens of vehicle boxes excluded from loss and IoU (nuScenes '1' = 0-40 %)."""
 
+    def __post_init__(self) -> None:
+        if self.vehicle_rule not in VEHICLE_RULES:
+            raise OccfeatError(f"gt.vehicle_rule={self.vehicle_rule!r} is unknown; choose one of {', '.join(VEHICLE_RULES)}")
+        layers = {str(c): tuple(ls) if isinstance(ls, (list, tuple)) else (ls,) for c, ls in dict(self.map_layers).items()}
+        known = LINE_LAYERS + POLYGON_LAYERS
+        for cls, ls in layers.items():
+            bad = [layer for layer in ls if layer not in known]
+            if bad or not ls:
+                raise OccfeatError(f"gt.map_layers.{cls}={list(ls)}: {bad or 'no layers'}; use nuScenes map layers ({', '.join(known)})")
+        if not layers:
+            raise OccfeatError("gt.map_layers is empty; give at least one class, e.g. {road: [drivable_area]}")
+        object.__setattr__(self, "map_layers", layers)
+        object.__setattr__(self, "invisible", tuple(str(v) for v in self.invisible))
+        if not self.divider_width > 0:
+            raise OccfeatError(f"gt.divider_width={self.divider_width} must be > 0 metres")
 
-def check_task(task: str) -> tuple[str, ...]:
-    """The task's class names; one-line error for an unknown task."""
-    if task not in TASK_CLASSES:
-        raise OccfeatError(f"unknown task '{task}'; pick one of {', '.join(TASK_CLASSES)}")
-    return TASK_CLASSES[task]
+
+def check_task(task: str) -> str:
+    """``task`` if known; one-line error otherwise."""
+    if task not in TASKS:
+        raise OccfeatError(f"unknown task '{task}'; pick one of {', '.join(TASKS)}")
+    return task
 
 
-# ---------------------------------------------------------------- vehicle boxes
+def task_classes(task: str, cfg: GtConfig = GtConfig()) -> tuple[str, ...]:
+    """The task's class names in channel order."""
+    return ("vehicle",) if check_task(task) == "vehicle" else tuple(cfg.map_layers)
 
 
-def rasterize_footprints(corners_xy: np.ndarray, grid: BevGrid) -> np.ndarray:
-    """(X, Y) bool: cells whose centre lies inside any of the convex quads ``corners_xy`` (N, 4, 2).
+# ---------------------------------------------------------------- pure drawing functions
 
-    Corners go around the quad (either direction); a centre on an edge counts as inside.
-    """
-    out = np.zeros(grid.shape[:2], dtype=bool)
+
+def grid_coords(xy: np.ndarray, grid: BevGrid) -> np.ndarray:
+    """(..., 2) ground-plane points of R → continuous grid coordinates (cell centres at integers)."""
+    return (np.asarray(xy, dtype=np.float64) - grid.lower[:2]) / grid.voxel_size[:2] - 0.5
+
+
+def _fillpoly_masks(corners_xy: np.ndarray, grid: BevGrid, ids: np.ndarray) -> np.ndarray:
+    """Simple-BEV's rule: each quad (N, 4, 2) truncated to int grid coordinates and filled with its id."""
+    out = np.zeros(grid.shape[:2], dtype=np.int32)
+    pts = grid_coords(corners_xy, grid).astype(np.int32)  # truncation toward zero, as Simple-BEV
+    for quad, i in zip(pts, ids):
+        # cv2 points are (column, row) = (iy, ix) on our (X, Y) array.
+        cv2.fillPoly(out, [np.ascontiguousarray(quad[:, ::-1])], int(i))
+    return out
+
+
+def _centre_masks(corners_xy: np.ndarray, grid: BevGrid, ids: np.ndarray) -> np.ndarray:
+    """Centre-inside rule: cells whose centre is inside the convex quad (edges count) get its id."""
+    out = np.zeros(grid.shape[:2], dtype=np.int32)
     xs, ys = grid.axis_centers(0), grid.axis_centers(1)
-    for quad in np.asarray(corners_xy, dtype=np.float64).reshape(-1, 4, 2):
+    for quad, i in zip(corners_xy, ids):
         # Only test the cells under the quad's bounding box.
         ix = np.flatnonzero((xs >= quad[:, 0].min()) & (xs <= quad[:, 0].max()))
         iy = np.flatnonzero((ys >= quad[:, 1].min()) & (ys <= quad[:, 1].max()))
@@ -93,11 +160,121 @@ def rasterize_footprints(corners_xy: np.ndarray, grid: BevGrid) -> np.ndarray:
             b[:, 1, None, None] - a[:, 1, None, None]
         ) * (px - a[:, 0, None, None])
         inside = np.all(cross >= -1e-9, axis=0) | np.all(cross <= 1e-9, axis=0)
-        out[np.ix_(ix, iy)] |= inside
+        out[np.ix_(ix, iy)] = np.where(inside, int(i), out[np.ix_(ix, iy)])
     return out
 
 
-def vehicle_boxes(index: SampleIndex, rec: SampleRecord) -> list:
+RULES = {"fillpoly": _fillpoly_masks, "centre": _centre_masks}
+
+
+def footprint_ids(corners_xy: np.ndarray, grid: BevGrid, rule: str = "fillpoly") -> np.ndarray:
+    """(X, Y) int32 instance ids: box n (corners (N, 4, 2) in R, in order around the quad) drawn with id
+    n + 1 under ``rule``, later boxes over earlier ones; 0 = no box."""
+    quads = np.asarray(corners_xy, dtype=np.float64).reshape(-1, 4, 2)
+    return RULES[rule](quads, grid, np.arange(1, len(quads) + 1))
+
+
+def rasterize_footprints(corners_xy: np.ndarray, grid: BevGrid, rule: str = "fillpoly") -> np.ndarray:
+    """(X, Y) bool: the cells of any of the quads ``corners_xy`` (N, 4, 2) under ``rule``."""
+    return footprint_ids(corners_xy, grid, rule) > 0
+
+
+def centerness(centres_xy: np.ndarray, grid: BevGrid, sigma: float = CENTER_SIGMA) -> np.ndarray:
+    """(X, Y) float32: max over boxes of ``exp(-|cell - round(c)|^2 / (2 sigma^2))`` in cells, 0 where
+    below :data:`CENTER_FLOOR`. ``c`` = box centre (N, 2) in grid coordinates, rounded so the centre cell
+    reads exactly 1 (``Vox_util.xyz2circles_bev``; max over boxes as ``get_center_and_offset_bev``)."""
+    out = np.zeros(grid.shape[:2], dtype=np.float32)
+    X, Y = grid.shape[:2]
+    reach = int(np.ceil(sigma * np.sqrt(-2.0 * np.log(CENTER_FLOOR)))) + 1  # beyond it the value is < floor
+    for cx, cy in np.round(grid_coords(np.asarray(centres_xy).reshape(-1, 2), grid)):
+        x0, x1 = int(max(cx - reach, 0)), int(min(cx + reach + 1, X))
+        y0, y1 = int(max(cy - reach, 0)), int(min(cy + reach + 1, Y))
+        if x0 >= x1 or y0 >= y1:
+            continue
+        dx, dy = np.arange(x0, x1)[:, None] - cx, np.arange(y0, y1)[None, :] - cy
+        g = np.exp(-(dx**2 + dy**2) / (2.0 * sigma**2))
+        g[g < CENTER_FLOOR] = 0.0
+        out[x0:x1, y0:y1] = np.maximum(out[x0:x1, y0:y1], g)
+    return out
+
+
+def instance_offsets(ids: np.ndarray, centres_xy: np.ndarray, grid: BevGrid) -> np.ndarray:
+    """(2, X, Y) float32: on the cells of instance n (``ids == n + 1``) the vector
+    ``OFFSET_SCALE * (cell - round(c_n))`` in cells along (X, Y), 0 elsewhere. Simple-BEV's sign
+    (``off = grid - xz`` in xyz2circles_bev) and its factor 2 (see :data:`OFFSET_SCALE`)."""
+    c = np.round(grid_coords(np.asarray(centres_xy).reshape(-1, 2), grid))
+    ix, iy = np.meshgrid(np.arange(ids.shape[0]), np.arange(ids.shape[1]), indexing="ij")
+    on = ids > 0
+    k = np.where(on, ids - 1, 0)
+    if len(c) == 0:
+        return np.zeros((2, *ids.shape), dtype=np.float32)
+    off = np.stack([ix - c[k, 0], iy - c[k, 1]]) * OFFSET_SCALE
+    return np.where(on[None], off, 0.0).astype(np.float32)
+
+
+def vehicle_targets(
+    corners_xy: np.ndarray, centres_xy: np.ndarray, visible: np.ndarray, grid: BevGrid, rule: str = "fillpoly"
+) -> dict[str, np.ndarray]:
+    """Every vehicle target of one sample from its boxes in R: corners (N, 4, 2), centres (N, 2),
+    visible (N,) bool → ``target`` (1, X, Y) bool, ``valid`` (X, Y) bool (False on the footprints of
+    boxes not visible), ``center`` (1, X, Y) float32 and ``offset`` (2, X, Y) float32."""
+    corners_xy = np.asarray(corners_xy, dtype=np.float64).reshape(-1, 4, 2)
+    visible = np.asarray(visible, dtype=bool).reshape(-1)
+    ids = footprint_ids(corners_xy, grid, rule)
+    return {
+        "target": (ids > 0)[None],
+        "valid": ~rasterize_footprints(corners_xy[~visible], grid, rule),
+        "center": centerness(centres_xy, grid)[None],
+        "offset": instance_offsets(ids, centres_xy, grid),
+    }
+
+
+# ---------------------------------------------------------------- the split's vehicle boxes
+
+BOX_FORMAT = 1
+
+
+@dataclass
+class BoxTable:
+    """Every ``vehicle.*`` box of a split in its key frame's ego frame: ``corners`` (M, 4, 3) bottom face
+    in order around it, ``centres`` (M, 3), ``visibility`` (M,) token strings; sample ``tokens[i]`` owns
+    rows ``start[i]:start[i+1]``. A few MB for nuScenes trainval: cheap to send to every worker."""
+
+    tokens: list[str]
+    start: np.ndarray
+    corners: np.ndarray
+    centres: np.ndarray
+    visibility: np.ndarray
+
+    def __post_init__(self) -> None:
+        self._row = {t: i for i, t in enumerate(self.tokens)}
+
+    def __getitem__(self, token: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(corners (n, 4, 3), centres (n, 3), visibility (n,)) of one sample, ego frame."""
+        i = self._row.get(token)
+        if i is None:
+            raise OccfeatError(f"sample {token} has no entry in the vehicle box table; rebuild it for this split")
+        a, b = self.start[i], self.start[i + 1]
+        return self.corners[a:b], self.centres[a:b], self.visibility[a:b]
+
+    def save(self, path: Path, spec: dict) -> None:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # per process: side-by-side runs may both save
+        np.savez(tmp, tokens=np.array(self.tokens), start=self.start, corners=self.corners, centres=self.centres,
+                 visibility=self.visibility, spec=np.array(json.dumps(spec, sort_keys=True)))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, spec: dict) -> "BoxTable | None":
+        """The table in ``path`` if it was written for ``spec``, else None."""
+        if not path.is_file():
+            return None
+        with np.load(path) as f:
+            if json.loads(str(f["spec"])) != json.loads(json.dumps(spec)):
+                return None
+            return cls([str(t) for t in f["tokens"]], f["start"], f["corners"], f["centres"], f["visibility"])
+
+
+def vehicle_boxes(index, rec) -> list:
     """The key frame's ``vehicle.*`` devkit Boxes in the ego frame, each with ``.visibility`` set."""
     from pyquaternion import Quaternion
 
@@ -115,177 +292,49 @@ def vehicle_boxes(index: SampleIndex, rec: SampleRecord) -> list:
     return out
 
 
-def vehicle_target(index: SampleIndex, rec: SampleRecord, grid: BevGrid, cfg: GtConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(target (1, X, Y) bool, valid (X, Y) bool) for one key frame."""
-    boxes = vehicle_boxes(index, rec)
-    # bottom_corners() is (3, 4): the ground face, in order around it.
-    shown = [b.bottom_corners()[:2].T for b in boxes if b.visibility not in cfg.invisible]
-    hidden = [b.bottom_corners()[:2].T for b in boxes if b.visibility in cfg.invisible]
-    target = rasterize_footprints(np.array(shown).reshape(-1, 4, 2), grid)
-    valid = ~rasterize_footprints(np.array(hidden).reshape(-1, 4, 2), grid)
-    return target[None], valid
+def box_table_spec(index) -> dict:
+    return {"kind": "occfeat-boxes", "format": BOX_FORMAT, "dataroot": str(Path(index.dataroot).resolve()),
+            "version": index.version, "split": index.split}
 
 
-# ---------------------------------------------------------------- map layers
+def box_table(index, folder: str | Path | None = None, progress: bool = False) -> BoxTable:
+    """The split's vehicle boxes, read from ``<folder>/boxes-<version>-<split>-<hash>.npz`` when it was
+    written for this dataroot, else gathered with the devkit (and saved there when ``folder`` is given)."""
+    spec = box_table_spec(index)
+    path = None
+    if folder is not None:
+        digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+        path = Path(folder) / f"boxes-{index.version}-{index.split}-{digest}.npz"
+        table = BoxTable.load(path, spec)
+        if table is not None:
+            return table
+    starts, corners, centres, vis = [0], [], [], []
+    for token in tqdm(index.tokens, desc=f"vehicle boxes ({index.split})", disable=not progress):
+        for b in vehicle_boxes(index, index.record(token)):
+            corners.append(b.bottom_corners().T)  # (4, 3), in order around the bottom face
+            centres.append(b.center)
+            vis.append(str(b.visibility))
+        starts.append(len(corners))
+    table = BoxTable(list(index.tokens), np.array(starts, dtype=np.int64), np.array(corners, dtype=np.float64).reshape(-1, 4, 3),
+                     np.array(centres, dtype=np.float64).reshape(-1, 3), np.array(vis, dtype="U8"))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.save(path, spec)
+    return table
 
 
-class MapRasterizer:
-    """Map-layer masks around ego poses. Loads each location's devkit map once and keeps its
-    geometries (built with the devkit's ``extract_polygon``/``extract_line``) in an STRtree, so a
-    sample costs a tree query and a vectorised point-in-polygon test, not a pass over every record."""
+class VehicleGt:
+    """Vehicle targets of a sample in any reference frame, drawn from the split's :class:`BoxTable`:
+    ``gt(token, ref_T_ego)`` → :func:`vehicle_targets` of the boxes moved by ``ref_T_ego`` (4, 4; None =
+    identity). Plain arrays only: pickles cheaply into DataLoader workers."""
 
-    def __init__(self, dataroot: str | Path, cfg: GtConfig = GtConfig()):
-        self.dataroot = Path(dataroot)
-        self.cfg = cfg
-        self._maps: dict[str, dict[str, tuple[shapely.STRtree, list]]] = {}
+    def __init__(self, boxes: BoxTable, grid: BevGrid, cfg: GtConfig = GtConfig()):
+        self.boxes, self.grid, self.cfg = boxes, grid, cfg
 
-    def _layers(self, location: str) -> dict[str, tuple[shapely.STRtree, list]]:
-        if location not in self._maps:
-            from nuscenes.map_expansion.map_api import NuScenesMap
-
-            path = self.dataroot / "maps" / "expansion" / f"{location}.json"
-            if not path.is_file():
-                raise OccfeatError(f"map {path} not found; install the nuScenes map expansion into {self.dataroot}/maps/expansion")
-            try:
-                nmap = NuScenesMap(dataroot=str(self.dataroot), map_name=location)
-            except (AssertionError, KeyError, ValueError) as e:
-                raise OccfeatError(f"nuscenes-devkit cannot load map {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-            per_class = {}
-            for cls, layers in MAP_LAYERS.items():
-                geoms = []
-                for layer in layers:
-                    for record in getattr(nmap, layer):
-                        if layer in LINE_LAYERS:
-                            # A line drawn w wide = its buffer by w/2: one point-in-polygon test per cell.
-                            g = nmap.extract_line(record["line_token"]).buffer(self.cfg.divider_width / 2)
-                        else:
-                            tokens = record["polygon_tokens"] if layer == "drivable_area" else [record["polygon_token"]]
-                            for t in tokens:
-                                g = nmap.extract_polygon(t)
-                                geoms.append(g if g.is_valid else shapely.make_valid(g))
-                            continue
-                        if not g.is_empty:
-                            geoms.append(g)
-                shapely.prepare(geoms)
-                per_class[cls] = (shapely.STRtree(geoms), geoms)
-            self._maps[location] = per_class
-        return self._maps[location]
-
-    def __call__(self, rec: SampleRecord, grid: BevGrid) -> np.ndarray:
-        """(len(MAP_CLASSES), X, Y) bool masks in :data:`MAP_CLASSES` order."""
-        layers = self._layers(rec.location)
-        centers = grid.bev_centers().reshape(-1, 2)
-        ground = np.concatenate([centers, np.zeros((len(centers), 1))], axis=1)
-        g = apply_4x4(rec.global_T_ego, ground)[:, :2]
-        gx, gy = g[:, 0], g[:, 1]
-        area = shapely.box(gx.min(), gy.min(), gx.max(), gy.max())
-        out = np.zeros((len(MAP_CLASSES), len(centers)), dtype=bool)
-        for c, cls in enumerate(MAP_CLASSES):
-            tree, geoms = layers[cls]
-            for i in tree.query(area):
-                out[c] |= shapely.contains_xy(geoms[i], gx, gy)
-        return out.reshape(len(MAP_CLASSES), *grid.shape[:2])
-
-
-# ---------------------------------------------------------------- per-sample and cached access
-
-
-class GtBuilder:
-    """Computes one sample's ground truth for a task: ``builder(rec) -> (target, valid)``."""
-
-    def __init__(self, index: SampleIndex, grid: BevGrid, task: str, cfg: GtConfig = GtConfig()):
-        check_task(task)
-        self.index, self.grid, self.task, self.cfg = index, grid, task, cfg
-        self._map = MapRasterizer(index.dataroot, cfg) if task == "map" else None
-
-    def __call__(self, rec: SampleRecord) -> tuple[np.ndarray, np.ndarray]:
-        """(target (C, X, Y) bool, valid (X, Y) bool)."""
-        if self._map is None:
-            return vehicle_target(self.index, rec, self.grid, self.cfg)
-        return self._map(rec, self.grid), np.ones(self.grid.shape[:2], dtype=bool)
-
-
-def gt_spec(index: SampleIndex, grid: BevGrid, task: str, cfg: GtConfig) -> dict:
-    """What makes two GT caches incompatible."""
-    return {
-        "kind": "occfeat-gt",
-        "format": GT_FORMAT,
-        "task": task,
-        "classes": list(check_task(task)),
-        "grid": grid.spec(),
-        "dataroot": str(Path(index.dataroot).resolve()),
-        "version": index.version,
-        "split": index.split,
-        "divider_width": cfg.divider_width,
-        "invisible": list(cfg.invisible),
-        "packed_axis": -1,
-    }
-
-
-def default_gt_path(folder: str | Path, index: SampleIndex, grid: BevGrid, task: str, cfg: GtConfig) -> Path:
-    """``<folder>/gt-<version>-<split>-<task>-<hash of the spec>.h5``: one file per setting."""
-    digest = hashlib.sha1(json.dumps(gt_spec(index, grid, task, cfg), sort_keys=True).encode()).hexdigest()[:10]
-    return Path(folder) / f"gt-{index.version}-{index.split}-{task}-{digest}.h5"
-
-
-class GtCache:
-    """Ground truth read from a finished cache: ``cache[token] -> (target (C,X,Y) bool, valid (X,Y) bool)``.
-
-    Rows are bit-packed along Y (``np.packbits``); a 200x200 map sample takes 25 KB instead of 200 KB.
-    """
-
-    def __init__(self, path: str | Path, expect: dict):
-        self.reader = CacheReader(path, expect=expect)
-        self.shape = tuple(expect["grid"]["shape"][:2])
-
-    def __getitem__(self, token: str) -> tuple[np.ndarray, np.ndarray]:
-        y = self.shape[1]
-        target = np.unpackbits(self.reader.get("target", token), axis=-1, count=y).astype(bool)
-        valid = np.unpackbits(self.reader.get("mask", token), axis=-1, count=y).astype(bool)
-        return target, valid
-
-
-GT_LOCK_WAIT_S = 3600.0  # another finetune run building the same split's ground truth
-
-
-def build_gt_cache(
-    index: SampleIndex,
-    grid: BevGrid,
-    task: str,
-    path: str | Path,
-    cfg: GtConfig = GtConfig(),
-    block_size: int = 64,
-    progress: bool = True,
-) -> GtCache:
-    """Compute the split's ground truth once into ``path`` (resumable; a finished cache is reused)."""
-    classes = check_task(task)
-    spec = gt_spec(index, grid, task, cfg)
-    X, Y = grid.shape[:2]
-    packed_y = (Y + 7) // 8
-    payloads = {"target": Payload((len(classes), X, packed_y), "uint8"), "mask": Payload((X, packed_y), "uint8")}
-    # Finetune runs side by side share this cache: wait for the one building it, then reuse its file.
-    with CacheWriter(path, index.tokens, spec, payloads, block_size, lock_wait_s=GT_LOCK_WAIT_S) as writer:
-        pending = writer.pending()
-        if pending:
-            builder = GtBuilder(index, grid, task, cfg)
-            with tqdm(total=sum(b - a for a, b in pending), desc=f"ground truth ({task}, {index.split})", disable=not progress) as bar:
-                for start, stop in pending:
-                    targets, masks = [], []
-                    for token in index.tokens[start:stop]:
-                        target, valid = builder(index.record(token))
-                        targets.append(np.packbits(target, axis=-1))
-                        masks.append(np.packbits(valid, axis=-1))
-                        bar.update(1)
-                    writer.write_block(start, stop, {"target": np.stack(targets), "mask": np.stack(masks)})
-        writer.finalize()
-    return GtCache(path, spec)
-
-
-def time_gt(index: SampleIndex, grid: BevGrid, task: str, n: int = 5, cfg: GtConfig = GtConfig()) -> float:
-    """Mean seconds per sample to compute ground truth on the fly (the first, map-loading call excluded)."""
-    builder = GtBuilder(index, grid, task, cfg)
-    builder(index[0])
-    t0 = time.perf_counter()
-    for i in range(min(n, len(index))):
-        builder(index[i])
-    return (time.perf_counter() - t0) / max(1, min(n, len(index)))
+    def __call__(self, token: str, ref_T_ego: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        corners, centres, vis = self.boxes[token]
+        if ref_T_ego is not None:
+            corners = apply_4x4(np.asarray(ref_T_ego, dtype=np.float64), corners.reshape(-1, 3)).reshape(-1, 4, 3)
+            centres = apply_4x4(np.asarray(ref_T_ego, dtype=np.float64), centres)
+        visible = ~np.isin(vis, self.cfg.invisible)
+        return vehicle_targets(corners[..., :2], centres[:, :2], visible, self.grid, self.cfg.vehicle_rule)

@@ -1,5 +1,5 @@
 """Heads on top of F_B (B, N_B, X, Y): the OccFeat pretraining head (thrown away after pretraining) and
-the downstream segmentation head."""
+the downstream segmentation head with its finetuning-only instance heads."""
 
 from __future__ import annotations
 
@@ -60,20 +60,42 @@ class UnsplatHead(nn.Module):
         return F.linear(picked, w, self.features.bias)
 
 
-class SegmentationHead(nn.Module):
-    """F_B (B, N_B, X, Y) → logits (B, n_classes, X, Y); Simple-BEV's head: conv3x3-norm-ReLU-conv1x1.
+class ConvHead(nn.Module):
+    """Simple-BEV's head (segnet.py ~76-100): conv3x3 (no bias) → InstanceNorm → ReLU → conv1x1.
+    F_B (B, N_B, X, Y) → (B, out_channels, X, Y).
 
     InstanceNorm as in Simple-BEV (BatchNorm statistics are poor at its per-GPU batch of 1-4 samples).
     """
 
-    def __init__(self, bev_channels: int = 128, n_classes: int = 1):
+    def __init__(self, bev_channels: int, out_channels: int):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(bev_channels, bev_channels, 3, padding=1, bias=False),
             nn.InstanceNorm2d(bev_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(bev_channels, n_classes, 1),
+            nn.Conv2d(bev_channels, out_channels, 1),
         )
 
     def forward(self, bev: torch.Tensor) -> torch.Tensor:
         return self.net(bev)
+
+
+class SegmentationHead(ConvHead):
+    """F_B (B, N_B, X, Y) → logits (B, n_classes, X, Y): the downstream segmentation head."""
+
+    def __init__(self, bev_channels: int = 128, n_classes: int = 1):
+        super().__init__(bev_channels, n_classes)
+
+
+class InstanceHeads(nn.Module):
+    """Simple-BEV's auxiliary vehicle heads on the shared decoder output, used only while finetuning:
+    ``center`` (B, 1, X, Y) in [0, 1] (``instance_center_head``, a :class:`ConvHead` + sigmoid) and
+    ``offset`` (B, 2, X, Y) in cells (``instance_offset_head``). Evaluation never builds them."""
+
+    def __init__(self, bev_channels: int = 128):
+        super().__init__()
+        self.center = ConvHead(bev_channels, 1)
+        self.offset = ConvHead(bev_channels, 2)
+
+    def forward(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"center": torch.sigmoid(self.center(bev)), "offset": self.offset(bev)}

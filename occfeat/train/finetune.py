@@ -4,8 +4,10 @@ network on a fraction of the labels (paper §4.1 "Finetuning", Table 1).
 - :class:`FinetuneConfig` holds every setting; :data:`FRACTION_DEFAULTS` is the paper's table of
   finetuning hyper-parameters per label fraction, applied before the recipe and the overrides.
 - :func:`select_labelled` is the label-fraction rule: seeded, deterministic and nested.
-- :class:`FinetuneTask` plugs the network + :class:`SegmentationHead` into the generic loop
-  (:func:`occfeat.train.loop.fit`); :func:`run_finetune` trains and then evaluates.
+- :class:`FinetuneTask` plugs the network + :class:`SegmentationHead` (+ for vehicles Simple-BEV's
+  :class:`InstanceHeads`, trained only) and the task's loss module into the generic loop
+  (:func:`occfeat.train.loop.fit`); :func:`run_finetune` trains and then evaluates the segmentation
+  model alone.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import default_collate
 
 from occfeat.config import merge, parse_overrides, read_recipe, to_dict
-from occfeat.data.gt import GtConfig, build_gt_cache, check_task, default_gt_path
+from occfeat.data.gt import GtConfig, check_task, task_classes
+from occfeat.data.gt_cache import segmentation_gt
 from occfeat.data.index import SampleIndex, is_synthetic
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
-from occfeat.losses import segmentation_loss
-from occfeat.models import BevNetwork, NetworkConfig, SegmentationHead, build_network
+from occfeat.losses import MapSegLoss, VehicleSegLoss
+from occfeat.models import BevNetwork, InstanceHeads, NetworkConfig, SegmentationHead, build_network
 from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
 from occfeat.train.evaluate import evaluate, write_metrics
 from occfeat.train.loop import TrainConfig, fit, load_checkpoint
@@ -51,7 +55,7 @@ class FinetuneConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     grid: BevGrid = field(default_factory=BevGrid)
     task: str = "vehicle"
-    """"vehicle" (1 class) or "map" (road, sidewalk, crosswalk, parking, divider)."""
+    """"vehicle" (1 class) or "map" (the classes of ``gt.map_layers``)."""
     fraction: float = 1.0
     """Share of the training split's key frames that are labelled, in (0, 1]."""
     input_size: tuple[int, int] = (224, 400)
@@ -136,12 +140,9 @@ def config_from_dict(d: dict) -> FinetuneConfig:
 
 # ---------------------------------------------------------------- model, data, task
 
-# Simple-BEV's positive weight for the rare vehicle cells; map classes use plain BCE.
-TASK_POS_WEIGHT: dict[str, float | None] = {"vehicle": 2.13, "map": None}
-
-
 class SegmentationModel(nn.Module):
-    """BEV network + :class:`SegmentationHead`: batch → logits (B, n_classes, X, Y)."""
+    """BEV network + :class:`SegmentationHead`: batch → logits (B, n_classes, X, Y). What evaluation,
+    ``occfeat evaluate`` and the report use."""
 
     def __init__(self, network: BevNetwork, n_classes: int):
         super().__init__()
@@ -152,50 +153,82 @@ class SegmentationModel(nn.Module):
         return self.head(self.network.forward_bev(batch))
 
 
+# The finetuning objective per task (see occfeat.losses): Simple-BEV's for vehicles, BCE per class for map.
+TASK_LOSSES: dict[str, type[nn.Module]] = {"vehicle": VehicleSegLoss, "map": MapSegLoss}
+
+
+class FinetuneModel(nn.Module):
+    """What trains: the :class:`SegmentationModel`, the task's auxiliary heads (vehicles: Simple-BEV's
+    :class:`InstanceHeads` on the same BEV features; map: none) and the loss module, whose learned
+    weights are parameters too. batch → {"segmentation" (B, C, X, Y) logits, + "center", "offset"}."""
+
+    def __init__(self, segmentation: SegmentationModel, task: str):
+        super().__init__()
+        self.segmentation = segmentation
+        self.aux = InstanceHeads(segmentation.network.bev_channels) if task == "vehicle" else None
+        self.objective = TASK_LOSSES[task]()
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        bev = self.segmentation.network.forward_bev(batch)
+        out = {"segmentation": self.segmentation.head(bev)}
+        if self.aux is not None:
+            out.update(self.aux(bev))
+        return out
+
+
 class SegmentationDataset(CameraDataset):
-    """The camera item (occfeat.train.data.CameraDataset) plus ``target`` (C, X, Y) bool and ``valid``
-    (X, Y) bool from the ground-truth cache."""
+    """The camera item (occfeat.train.data.CameraDataset) plus the ground truth in the sample's reference
+    frame: ``target`` (C, X, Y) bool, ``valid`` (X, Y) bool and, for vehicles, ``center`` (1, X, Y) and
+    ``offset`` (2, X, Y) float32 (see occfeat.data.gt). ``gt`` is a picklable
+    :class:`occfeat.data.gt_cache.SegmentationGt`."""
 
     def __init__(self, rigs: list[CameraRig], gt, input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0):
         super().__init__(rigs, input_hw, augment, seed)
         self.gt = gt
 
-    def targets(self, rig: CameraRig) -> dict:
-        target, valid = self.gt[rig.token]
-        return {"target": torch.from_numpy(target), "valid": torch.from_numpy(valid)}
+    def targets(self, rig: CameraRig, ref_T_ego: np.ndarray | None = None) -> dict:
+        """Targets drawn exactly in frame R = ``ref_T_ego`` (4, 4) applied to the ego frame; None = ego."""
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.gt(rig.token, ref_T_ego).items()}
 
 
 def segmentation_set(
     index: SampleIndex, tokens: list[str], cfg: FinetuneConfig, gt_folder: Path, train: bool, progress: bool = True
 ) -> SegmentationDataset:
-    """The dataset of ``tokens`` of ``index``'s split, with the split's ground truth cached in ``gt_folder``."""
-    gt_path = default_gt_path(gt_folder, index, cfg.grid, cfg.task, cfg.gt)
-    gt = build_gt_cache(index, cfg.grid, cfg.task, gt_path, cfg.gt, progress=progress)
+    """The dataset of ``tokens`` of ``index``'s split; what the ground truth needs is cached in ``gt_folder``."""
+    gt = segmentation_gt(index, cfg.grid, cfg.task, cfg.gt, gt_folder, progress=progress)
     rigs = [camera_rig(index.record(t)) for t in tokens]
     augment = cfg.augment if train else dataclasses.replace(cfg.augment, enabled=False)
     return SegmentationDataset(rigs, gt, cfg.input_size, augment, seed=cfg.train.seed)
 
 
 class FinetuneTask:
-    """The finetuning task for :func:`occfeat.train.loop.fit`."""
+    """The finetuning task for :func:`occfeat.train.loop.fit`: trains a :class:`FinetuneModel` around
+    ``model``; the checkpoint holds the segmentation model under "model" (all evaluation reads) and the
+    training-only heads and loss weights under "aux" and "objective"."""
 
     def __init__(self, cfg: FinetuneConfig, model: SegmentationModel, train_set: SegmentationDataset, stamp: dict):
-        self.cfg, self.model, self.train_set, self.stamp = cfg, model, train_set, stamp
-        self.pos_weight = TASK_POS_WEIGHT[cfg.task]
+        self.cfg, self.segmentation, self.train_set, self.stamp = cfg, model, train_set, stamp
+        torch.manual_seed(cfg.train.seed + 1)  # the auxiliary heads: same recipe and seed, same weights
+        self.model = FinetuneModel(model, cfg.task)
 
     def collate(self, items: list[dict]) -> dict:
         return default_collate(items)
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(batch)
-        loss = segmentation_loss(logits, batch["target"], batch["valid"][:, None], self.pos_weight)
-        return loss, {"loss": loss.detach()}
+        return self.model.objective(model(batch), batch)
 
     def checkpoint_payload(self) -> dict:
-        return {"model": self.model.state_dict(), **self.stamp}
+        m = self.model
+        return {"model": m.segmentation.state_dict(), "aux": m.aux.state_dict() if m.aux is not None else {},
+                "objective": m.objective.state_dict(), **self.stamp}
 
     def load_checkpoint_payload(self, payload: dict) -> None:
-        self.model.load_state_dict(payload["model"])
+        if "objective" not in payload:
+            raise OccfeatError("the checkpoint predates the finetuning objective with learned weights; start a new --out")
+        self.model.segmentation.load_state_dict(payload["model"])
+        if self.model.aux is not None:
+            self.model.aux.load_state_dict(payload["aux"])
+        self.model.objective.load_state_dict(payload["objective"])
 
     def config_dict(self) -> dict:
         # What was loaded and from where is part of the run's identity: --resume refuses a change.
@@ -225,7 +258,7 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
     (head dropped) from its ``checkpoints/last.pt``, or from the checkpoint file ``init`` names (e.g.
     ``RUN/checkpoints/epoch_010.pt``); a run with another grid or network is refused.
     """
-    n_classes = len(check_task(cfg.task))
+    n_classes = len(task_classes(cfg.task, cfg.gt))
     torch.manual_seed(cfg.train.seed)  # same recipe and seed → same head (and random backbone) weights
     if init is None:
         network = build_network(cfg.network, cfg.grid)
@@ -289,7 +322,7 @@ def run_info(cfg: FinetuneConfig, stamp: dict, dataroot: Path, version: str, spl
     """The metrics.json fields that say what was trained and on what (see occfeat.train.evaluate)."""
     return {
         "task": cfg.task,
-        "classes": list(check_task(cfg.task)),
+        "classes": list(task_classes(cfg.task, cfg.gt)),
         "fraction": cfg.fraction,
         "seed": cfg.train.seed,
         "split": split,
@@ -363,12 +396,12 @@ def run_finetune(
             first = False
         if stop == total or stop in done_evals or not _is_main_process():
             continue
-        result, _ = evaluate(model, val_set, check_task(cfg.task), _device(cfg), cfg.eval_batch_size, 0, 0, progress)
+        result, _ = evaluate(model, val_set, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, 0, progress)
         with open(eval_log, "a") as f:
             f.write(json.dumps({"step": summary["step"], "epoch": summary["epoch"], "mean_iou": result["mean_iou"], "iou": result["iou"]}) + "\n")
     if not _is_main_process():
         return {}
-    result, samples = evaluate(model, val_set, check_task(cfg.task), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
+    result, samples = evaluate(model, val_set, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
     info.update(step=summary["step"], epoch=summary["epoch"], checkpoint=str(summary["checkpoint"]))
     return write_metrics(out, result, info, samples)
 
@@ -397,13 +430,13 @@ def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | 
     index = SampleIndex(root, data["version"], split)
     # The checkpoint replaces every weight: no ImageNet file needed to rebuild the network.
     network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
-    model = SegmentationModel(network, len(check_task(cfg.task))).to(_device(cfg))
+    model = SegmentationModel(network, len(task_classes(cfg.task, cfg.gt))).to(_device(cfg))
     model.load_state_dict(payload["model"])
     dataset = segmentation_set(index, index.tokens, cfg, Path(data["gt_cache"]), train=False, progress=progress)
     labelled = read_tokens(run_dir / LABELLED_TOKENS)
     info = run_info(cfg, payload, root, data["version"], split, len(labelled))
     info.update(step=ckpt["step"], epoch=ckpt["epoch"], checkpoint=str(run_dir / "checkpoints" / "last.pt"))
-    result, samples = evaluate(model, dataset, check_task(cfg.task), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
+    result, samples = evaluate(model, dataset, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
     if split == data["val_split"]:
         return write_metrics(run_dir, result, info, samples)
     metrics = {**info, **result}
