@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
+from typing import Callable
 
 import typer
 from rich.console import Console
@@ -13,11 +15,30 @@ from occfeat.errors import OccfeatError
 console = Console(stderr=True)
 
 
-def one_line_errors(fn):
+def rerun_advice(kwargs: dict) -> str:
+    """After Ctrl-C in a stage whose rerun picks up where it stopped (synth, voxelize, extract, demo, ...)."""
+    return "rerun the same command to continue"
+
+
+def resume_advice(kwargs: dict) -> str:
+    """After Ctrl-C in a training run (pretrain, finetune): continuing needs --resume once the run dir is started."""
+    from occfeat.train.rundir import run_started
+
+    if kwargs.get("resume"):
+        return "rerun the same command (it has --resume) to continue from the last checkpoint"
+    if not run_started(Path(kwargs["out"])):
+        return "nothing was trained yet; rerun the same command to start again"
+    return "rerun the same command with --resume added to continue from the last checkpoint"
+
+
+def one_line_errors(fn=None, *, on_interrupt: Callable[[dict], str] = rerun_advice):
     """Turn an :class:`OccfeatError` into ``error: <message>`` on stderr and exit status 2.
 
-    Keyboard interrupts exit 130 with a note that a rerun resumes (every stage is resumable).
+    Keyboard interrupts exit 130 with how to continue: ``on_interrupt(kwargs)`` of the command
+    (``@one_line_errors(on_interrupt=resume_advice)`` for training runs).
     """
+    if fn is None:
+        return functools.partial(one_line_errors, on_interrupt=on_interrupt)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -27,7 +48,7 @@ def one_line_errors(fn):
             print(f"error: {e}", file=sys.stderr)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            print("interrupted: rerun the same command to resume", file=sys.stderr)
+            print(f"\ninterrupted: {on_interrupt(kwargs)}", file=sys.stderr)  # own line, below any progress bar
             raise typer.Exit(130) from None
 
     return wrapper

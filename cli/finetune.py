@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors
+from cli.common import console, one_line_errors, resume_advice
 from cli.main import app
 
 
@@ -19,7 +19,7 @@ def print_metrics(m: dict) -> None:
 
 
 @app.command("finetune")
-@one_line_errors
+@one_line_errors(on_interrupt=resume_advice)
 def finetune(
     recipe: Path = typer.Option(..., help="Recipe YAML under recipes/finetune/ (a delta over the FinetuneConfig defaults)."),
     dataroot: Path = typer.Option(..., help="nuScenes-format dataroot (the folder that holds VERSION/, samples/, maps/)."),

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors
+from cli.common import console, one_line_errors, resume_advice
 from cli.main import app
 
 
 @app.command("pretrain")
-@one_line_errors
+@one_line_errors(on_interrupt=resume_advice)
 def pretrain(
     recipe: Path = typer.Option(..., help="Recipe YAML under recipes/pretrain/ (a delta over the PretrainConfig defaults)."),
     dataroot: Path = typer.Option(..., help="nuScenes-format dataroot (the folder that holds VERSION/ and samples/)."),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -41,7 +42,9 @@ def _coerce(value, t, where: str):
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(t) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], where) if len(args) == 1 else value
-    if origin is tuple and isinstance(value, (list, tuple)):
+    if origin is tuple and not isinstance(value, (list, tuple)):
+        raise OccfeatError(f"{where}: expected a list (e.g. [224, 400]), got {value!r}")
+    if origin is tuple:
         args = typing.get_args(t)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], where) for v in value)
@@ -53,7 +56,20 @@ def _coerce(value, t, where: str):
             return float(value)
         except ValueError:
             pass
+    if t is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # YAML reads a bare 1 or 0.5 as a number
+    if t in _SCALARS and not _SCALARS[t][0](value):
+        raise OccfeatError(f"{where}: expected {_SCALARS[t][1]}, got {value!r}")
     return value
+
+
+# What a scalar field accepts after coercion, and how the error names it.
+_SCALARS = {
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer (e.g. 4)"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number (e.g. 1e-4)"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
 
 
 def merge(cfg: C, delta: dict, where: str = "config") -> C:
@@ -71,8 +87,19 @@ def merge(cfg: C, delta: dict, where: str = "config") -> C:
     return dataclasses.replace(cfg, **changes)
 
 
+class _OverrideLoader(yaml.SafeLoader):
+    """YAML for ``key=value`` overrides: only true/false are booleans, so ``train.amp=off`` stays the string "off"."""
+
+
+_OverrideLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_OverrideLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def parse_overrides(items: list[str]) -> dict:
-    """``["a.b=1", "c=x"]`` → nested dict, values parsed as YAML scalars."""
+    """``["a.b=1", "c=x"]`` → nested dict, values parsed as YAML (``[1, 2]`` is a list, ``1e-4`` a number)."""
     out: dict = {}
     for item in items:
         if "=" not in item:
@@ -82,7 +109,12 @@ def parse_overrides(items: list[str]) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise OccfeatError(f"override '{item}' sets a key inside '{p}', which another override sets to a value")
+        try:
+            node[parts[-1]] = yaml.load(raw, Loader=_OverrideLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as e:
+            raise OccfeatError(f"override '{item}' is not valid YAML ({str(e).splitlines()[0]}); quote the value or close its brackets") from None
     return out
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from occfeat.errors import OccfeatError
+from occfeat.files import writing
 
 TASKS = {"vehicle": "Vehicles", "map": "Map"}
 FRACTIONS = (0.01, 0.1, 1.0)
@@ -153,18 +154,19 @@ def write_report(run_dirs: list[str | Path], out: str | Path, plots: bool = True
     table = wide_table(summary)
     notes = legend(summary)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files = [out / "table.md", out / "table.csv", out / "summary.csv", out / "runs.csv"]
-    files[0].write_text(to_markdown(table, notes))
-    table.to_csv(files[1])
-    summary.to_csv(files[2], index=False)
-    runs.to_csv(files[3], index=False)
-    if plots:
-        from occfeat.plots import plot_iou_vs_fraction, plot_samples
+    with writing(then="rerun occfeat report"):  # a read-only or full --out: one line naming the file
+        out.mkdir(parents=True, exist_ok=True)
+        files[0].write_text(to_markdown(table, notes))
+        table.to_csv(files[1])
+        summary.to_csv(files[2], index=False)
+        runs.to_csv(files[3], index=False)
+        if plots:
+            from occfeat.plots import plot_iou_vs_fraction, plot_samples
 
-        files.append(plot_iou_vs_fraction(summary, out / "iou_vs_fraction.png"))
-        for run in runs["run"]:
-            npz = Path(run) / "samples.npz"
-            if npz.is_file():
-                files.append(plot_samples(npz, out / f"samples-{Path(run).name}.png"))
+            files.append(plot_iou_vs_fraction(summary, out / "iou_vs_fraction.png"))
+            for run in runs["run"]:
+                npz = Path(run) / "samples.npz"
+                if npz.is_file():
+                    files.append(plot_samples(npz, out / f"samples-{Path(run).name}.png"))
     return {"runs": runs, "summary": summary, "table": table, "legend": notes, "files": files}

@@ -141,3 +141,183 @@ def test_damaged_last_pt_advice_works_for_resume_and_init(tmp_path):
     model, stamp = build_model(ft, ckpts / "epoch_001.pt")
     assert all(torch.equal(model.network.state_dict()[k], v) for k, v in net.state_dict().items())
     assert stamp["init"]["run"].endswith("epoch_001.pt") and stamp["init"]["pretraining"]["mode"] == "occ"
+
+
+# ---------------------------------------------------------------- item 4: run dirs that always continue
+
+
+class Killed(BaseException):
+    """What a kill -9 does to the write in progress: it stops there (BaseException: no handler catches it)."""
+
+
+def kill_when_writing(monkeypatch, prefix: str) -> None:
+    """Open (and so truncate) the next file named ``prefix*`` for writing, then die before writing a byte."""
+    import builtins
+    import io
+
+    real = builtins.open
+
+    def opener(file, mode="r", *args, **kwargs):
+        f = real(file, mode, *args, **kwargs)
+        if "w" in mode and Path(str(file)).name.startswith(prefix):
+            f.close()
+            raise Killed(file)
+        return f
+
+    monkeypatch.setattr(builtins, "open", opener)
+    monkeypatch.setattr(io, "open", opener)
+
+
+@pytest.mark.parametrize("leftover", ["checkpoints-only", "empty-config"])
+def test_run_killed_before_its_config_is_not_started_for_both_paths(tmp_path, leftover):
+    cfg = toy_train_config(epochs=1)
+    full = fit(ToyTask(cfg), cfg, tmp_path / "full")
+    for resume in (False, True):
+        run = tmp_path / f"{leftover}-{resume}"
+        (run / "checkpoints").mkdir(parents=True)
+        if leftover == "empty-config":
+            (run / "config.yaml").write_text("")
+        assert fit(ToyTask(cfg), cfg, run, resume=resume)["step"] == full["step"]
+        assert [r["loss"] for r in rows(run)] == [r["loss"] for r in rows(tmp_path / "full")]
+
+
+def test_config_yaml_is_not_rewritten_when_unchanged_and_a_kill_while_writing_it_loses_nothing(tmp_path, monkeypatch):
+    cfg = toy_train_config(max_steps=8)
+    run = tmp_path / "run"
+    fit(ToyTask(cfg), cfg, run)
+    conf = run / "config.yaml"
+    before = (conf.read_text(), conf.stat().st_mtime_ns, conf.stat().st_ino)
+    fit(ToyTask(cfg), cfg, run, resume=True)  # nothing left to do, same config
+    assert (conf.read_text(), conf.stat().st_mtime_ns, conf.stat().st_ino) == before
+    longer = toy_train_config()  # max_steps may change on resume: config.yaml is rewritten
+    with monkeypatch.context() as m:
+        kill_when_writing(m, "config.yaml")
+        with pytest.raises(Killed):
+            fit(ToyTask(longer), longer, run, resume=True)
+    assert conf.read_text() == before[0]
+    assert fit(ToyTask(longer), longer, run, resume=True)["step"] == 18
+    assert "max_steps: 0" in conf.read_text()
+
+
+def test_torn_metrics_line_is_dropped_and_a_kill_during_the_rewrite_keeps_the_history(tmp_path, monkeypatch):
+    cfg = toy_train_config()
+    fit(ToyTask(cfg), cfg, tmp_path / "full")
+    part = toy_train_config(max_steps=8)
+    run = tmp_path / "run"
+    fit(ToyTask(part), part, run)
+    metrics = run / "metrics.jsonl"
+    # The killed run had logged two more steps than its checkpoint holds, the last one torn mid-line.
+    logged = metrics.read_text() + '{"step": 9, "loss": 0.1}\n{"step": 10, "lo'
+    metrics.write_text(logged)
+    with monkeypatch.context() as m:
+        kill_when_writing(m, "metrics.jsonl")
+        with pytest.raises(Killed):
+            fit(ToyTask(cfg), cfg, run, resume=True)
+    assert metrics.read_text() == logged  # the kill during the rewrite cost no history
+    fit(ToyTask(cfg), cfg, run, resume=True)
+    assert [r["loss"] for r in rows(run)] == [r["loss"] for r in rows(tmp_path / "full")]
+
+
+# ---------------------------------------------------------------- item 6: every failure one line
+
+
+def test_full_disk_during_checkpoint_save_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    cfg = toy_train_config()
+    fit(ToyTask(cfg), cfg, tmp_path / "full")
+    run = tmp_path / "run"
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # epoch 1 saves epoch_001.pt and last.pt; the disk fills during epoch_002.pt
+        calls.append(f)
+        if len(calls) == 3:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", save)
+        with pytest.raises(OccfeatError) as e:
+            fit(ToyTask(cfg), cfg, run)
+    msg = one_line(e)
+    assert f"cannot write {run / 'checkpoints' / 'epoch_002.pt'}: No space left on device" in msg
+    assert "free space" in msg and "rerun with --resume (it continues from step 6)" in msg
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6
+    assert not list((run / "checkpoints").glob("*.tmp"))
+    fit(ToyTask(cfg), cfg, run, resume=True)
+    assert [r["loss"] for r in rows(run)] == [r["loss"] for r in rows(tmp_path / "full")]
+
+
+def _deny(monkeypatch, target: Path, errno_: int) -> None:
+    """Creating ``target`` fails as on a read-only folder (the tests run as root, where chmod denies nothing)."""
+    real = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self == target:
+            raise OSError(errno_, os.strerror(errno_), str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+def test_read_only_run_dir_and_report_folder_are_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from occfeat.report import write_report
+    from tests.test_report import _run
+
+    cfg = toy_train_config(epochs=1)
+    _deny(monkeypatch, tmp_path / "run", errno.EROFS)
+    with pytest.raises(OccfeatError) as e:
+        fit(ToyTask(cfg), cfg, tmp_path / "run")
+    assert f"cannot write {tmp_path / 'run'}: Read-only file system; make {tmp_path} writable" in one_line(e)
+    runs = [_run(tmp_path, "a", 0.3)]
+    _deny(monkeypatch, tmp_path / "report", errno.EACCES)
+    with pytest.raises(OccfeatError) as e:
+        write_report(runs, tmp_path / "report", plots=False)
+    assert f"cannot write {tmp_path / 'report'}: Permission denied" in one_line(e)
+
+
+PRETRAIN = ["pretrain", "--recipe", "recipes/pretrain/synthetic-tiny.yaml", "--dataroot", "nowhere", "--version", "v1.0-mini",
+            "--occupancy", "occ.h5", "--features", "feat.h5"]  # fmt: skip
+FINETUNE = ["finetune", "--recipe", "recipes/finetune/synthetic-tiny.yaml", "--dataroot", "nowhere", "--version", "v1.0-mini",
+            "--task", "vehicle", "--fraction", "0.1"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [("train.lr=abc", "train.lr: expected a number"), ("train.epochs=2.5", "train.epochs: expected an integer"),
+     ("train.lr=[1e-4,", "is not valid YAML"), ("input_size=big", "input_size: expected a list")],  # fmt: skip
+)
+def test_bad_overrides_are_one_line_before_any_run_dir_exists(tmp_path, override, expected):
+    for command in (PRETRAIN, FINETUNE):
+        res = cli(*command, "--out", tmp_path / "run", override)
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and expected in res.output, res.output
+        assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- item 8: the right advice after Ctrl-C
+
+
+def test_ctrl_c_says_how_to_continue(tmp_path, monkeypatch):
+    import occfeat.train.finetune
+    import occfeat.train.pretrain
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(occfeat.train.pretrain, "pretrain", interrupted)
+    monkeypatch.setattr(occfeat.train.finetune, "run_finetune", interrupted)
+    cfg = toy_train_config(max_steps=2)
+    fit(ToyTask(cfg), cfg, tmp_path / "started")
+    for command in (PRETRAIN, FINETUNE):
+        res = cli(*command, "--out", tmp_path / "started")
+        assert res.exit_code == 130 and "rerun the same command with --resume added" in res.output, res.output
+        res = cli(*command, "--out", tmp_path / "started", "--resume")
+        assert res.exit_code == 130 and "rerun the same command (it has --resume)" in res.output, res.output
+        res = cli(*command, "--out", tmp_path / "new")
+        assert res.exit_code == 130 and "rerun the same command to start again" in res.output, res.output
+    monkeypatch.setattr("occfeat.report.write_report", interrupted)
+    res = cli("report", tmp_path / "started", "--out", tmp_path / "r")
+    assert res.exit_code == 130 and "interrupted: rerun the same command to continue" in res.output

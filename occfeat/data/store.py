@@ -35,7 +35,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from occfeat.errors import OccfeatError, write_error
+from occfeat.errors import OccfeatError
+from occfeat.files import write_error
 from occfeat.lock import output_lock
 
 PARTS_SUFFIX = ".parts"
@@ -163,7 +164,7 @@ class CacheWriter:
                 os.replace(tmp, self.parts / "spec.json")
             except OSError as e:
                 shutil.rmtree(self.parts, ignore_errors=True)
-                raise write_error(e, tmp) from None
+                raise write_error(Path(tmp), e, "rerun") from None
 
     # ---- blocks ----
     def _blocks(self) -> list[tuple[int, int]]:
@@ -213,7 +214,7 @@ class CacheWriter:
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise write_error(e, path, f"finished blocks in {self.parts.name} are kept") from None
+            raise write_error(Path(path), e, f"rerun (finished blocks in {self.parts.name} are kept)") from None
 
     def finalize(self) -> list[str]:
         """Assemble the parts into ``out`` (atomic), check it, and remove the parts. Returns the skipped tokens."""
@@ -243,7 +244,7 @@ class CacheWriter:
             os.replace(tmp, self.out)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise write_error(e, self.out, f"finished blocks in {self.parts.name} are kept") from None
+            raise write_error(Path(self.out), e, f"rerun (finished blocks in {self.parts.name} are kept)") from None
         shutil.rmtree(self.parts, ignore_errors=True)
         self.complete = True
         return skipped
@@ -312,7 +313,7 @@ def _assemble_in_helper(job: dict, out: Path) -> None:
     lines = proc.stdout.strip().splitlines()
     if proc.returncode == 3 and lines:
         info = json.loads(lines[-1])
-        raise write_error(OSError(info["errno"], info["strerror"]), out, f"finished blocks in {out.name}{PARTS_SUFFIX} are kept")
+        raise write_error(Path(out), OSError(info["errno"], info["strerror"]), f"rerun (finished blocks in {out.name}{PARTS_SUFFIX} are kept)")
     how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
     last = (proc.stderr.strip().splitlines() or ["no message"])[-1][:160]
     raise OccfeatError(

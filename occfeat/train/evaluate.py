@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from occfeat.metrics import IoUAccumulator
+from occfeat.files import write_text_atomic, writing
 
 THUMB_SCALE = 4  # camera thumbnails in samples.npz at 1/4 of the input size
 
@@ -72,11 +73,13 @@ def evaluate(
 def write_metrics(run_dir: Path, summary: dict, info: dict, samples: dict[str, np.ndarray] | None = None) -> dict:
     """Write ``metrics.json`` (+ ``samples.npz``) atomically into ``run_dir``; returns the metrics dict."""
     metrics = {**info, **summary}
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(run_dir / "metrics.json")
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     if samples is not None and "tokens" in samples:
         tmp = run_dir / "samples.tmp.npz"
-        np.savez_compressed(tmp, **samples)
-        tmp.replace(run_dir / "samples.npz")
+        with writing(run_dir / "samples.npz"):
+            try:
+                np.savez_compressed(tmp, **samples)
+                tmp.replace(run_dir / "samples.npz")
+            finally:
+                tmp.unlink(missing_ok=True)
     return metrics

@@ -36,6 +36,8 @@ from occfeat.models import BevNetwork, InstanceHeads, NetworkConfig, Segmentatio
 from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
 from occfeat.train.evaluate import evaluate, write_metrics
 from occfeat.train.loop import TrainConfig, fit, load_checkpoint
+from occfeat.files import write_text_atomic, writing
+from occfeat.train.rundir import read_jsonl, rewrite_jsonl, run_started
 
 # Paper §4.1: epochs / starting lr / batch size / gradient accumulation per label fraction, with AdamW,
 # OneCycle and weight decay 1e-7. A fraction between two rows takes the next larger row.
@@ -119,7 +121,7 @@ def select_labelled(tokens: list[str], fraction: float, seed: int) -> list[str]:
 
 
 def write_tokens(path: Path, tokens: list[str]) -> None:
-    path.write_text("".join(t + "\n" for t in tokens))
+    write_text_atomic(path, "".join(t + "\n" for t in tokens))
 
 
 def read_tokens(path: Path) -> list[str]:
@@ -342,10 +344,6 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(r) for r in path.read_text().splitlines() if r.strip()] if path.is_file() else []
-
-
 def run_finetune(
     cfg: FinetuneConfig,
     dataroot: str | Path,
@@ -366,7 +364,7 @@ def run_finetune(
     by every run beside this one.
     """
     out = Path(out)
-    if not resume and out.exists() and any(out.iterdir()):  # before the slow setup; fit checks it again
+    if not resume and run_started(out):  # before the slow setup; fit checks it again
         raise OccfeatError(f"run dir {out} already exists; pass --resume to continue it or choose another --out")
     train_index = SampleIndex(dataroot, version, split)
     val_index = SampleIndex(dataroot, version, val_split, nusc=train_index.nusc)
@@ -387,7 +385,11 @@ def run_finetune(
         total = min(total, cfg.train.max_steps)
     stops = [e * steps_per_epoch for e in range(cfg.eval_every, cfg.train.epochs, cfg.eval_every) if e * steps_per_epoch < total] if cfg.eval_every > 0 else []
     eval_log = out / "eval.jsonl"
-    done_evals = {row["step"] for row in _read_jsonl(eval_log)} if resume else set()
+    done_evals = set()
+    if resume and eval_log.is_file():  # a kill mid-append tears the last row: rewrite the log without it
+        rows = read_jsonl(eval_log)
+        rewrite_jsonl(eval_log, rows)
+        done_evals = {row.get("step") for row in rows}
     first = True
     for stop in [*stops, total]:
         summary = fit(task, dataclasses.replace(cfg.train, max_steps=stop), out, resume=resume or not first)
@@ -397,7 +399,7 @@ def run_finetune(
         if stop == total or stop in done_evals or not _is_main_process():
             continue
         result, _ = evaluate(model, val_set, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, 0, progress)
-        with open(eval_log, "a") as f:
+        with writing(eval_log, then="rerun with --resume"), open(eval_log, "a") as f:
             f.write(json.dumps({"step": summary["step"], "epoch": summary["epoch"], "mean_iou": result["mean_iou"], "iou": result["iou"]}) + "\n")
     if not _is_main_process():
         return {}
@@ -440,5 +442,5 @@ def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | 
     if split == data["val_split"]:
         return write_metrics(run_dir, result, info, samples)
     metrics = {**info, **result}
-    (run_dir / f"metrics-{split}.json").write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(run_dir / f"metrics-{split}.json", json.dumps(metrics, indent=2))
     return metrics

@@ -17,7 +17,8 @@ A *task* says what is trained and how the loss is computed; the loop owns everyt
 Run dir: ``config.yaml``, ``metrics.jsonl`` (one row per logging step), ``checkpoints/last.pt`` (the
 full state, rewritten atomically every epoch) and ``checkpoints/epoch_NNN.pt`` (task payload + config +
 step, kept for every epoch). Resume is exact: the data order is a pure function of (seed, epoch), the
-position inside an epoch follows from the step count, and RNG states are restored.
+position inside an epoch follows from the step count, and RNG states are restored. How each file is
+written so that a kill or a full disk never leaves a run that cannot continue: :mod:`occfeat.train.rundir`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import pickle
 import random
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -42,14 +40,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from occfeat.errors import OccfeatError
+from occfeat.files import write_text_atomic, writing
 from occfeat.lock import output_lock
 from occfeat.train import dist as D
-
-# /2: every value loads with torch.load(weights_only=True) (RNG states as ints, lists and tensors).
-CHECKPOINT_FORMAT = "occfeat-checkpoint/2"
-OLD_CHECKPOINT_FORMATS = ("occfeat-checkpoint/1",)
-# Keys that may change on --resume: they say how long/loud/where to run, not what is trained.
-RESUME_FREE_KEYS = ("train.max_steps", "train.log_every", "train.num_workers", "train.device")
+from occfeat.train.rundir import (  # noqa: F401 - re-exported: the loop's checkpoint API
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    config_diff,
+    load_checkpoint,
+    prepare_run_dir,
+    truncate_metrics,
+)
 
 
 @dataclass(frozen=True)
@@ -123,20 +124,6 @@ def to_device(x, device: torch.device):
     return x
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def config_diff(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs (lists compared as lists)."""
-    a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
 def _rng_state() -> dict:
     """Every RNG the loop touches, in types ``torch.load(weights_only=True)`` accepts (ints, lists, tensors)."""
     version, mt, gauss = random.getstate()
@@ -160,87 +147,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a killed run never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-DAMAGED_ADVICE = "copy it again from where it came from, or use an earlier run"
-
-
-def _old_format(path: Path) -> str | None:
-    """The format tag of an older occfeat checkpoint, read from the pickle's bytes without unpickling it."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
-            data = z.read(pkl) if pkl else b""
-    except (OSError, zipfile.BadZipFile):
-        return None
-    return next((tag for tag in OLD_CHECKPOINT_FORMATS if tag.encode() in data), None)
-
-
-def load_checkpoint(path: Path, if_damaged: str = DAMAGED_ADVICE) -> dict:
-    """A checkpoint written by :func:`fit`; one-line error if it is missing, damaged or not ours.
-
-    Loaded with ``weights_only=True``: a checkpoint is a file users download and share, and unpickling
-    arbitrary objects would run whatever code the file names. ``if_damaged``: what the user can do
-    instead when the file cannot be read (the caller knows what works in its context).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise OccfeatError(f"checkpoint {path} not found; point to a run dir written by occfeat")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # the weights-only unpickler met an object it does not allow
-        old = _old_format(path)
-        if old:
-            raise OccfeatError(
-                f"checkpoint {path} is in an older occfeat format ({old}) that pickled Python objects and is not loaded, "
-                f"since unpickling can run code; rerun the stage that wrote it with this version (a new --out)"
-            ) from None
-        raise OccfeatError(
-            f"checkpoint {path} holds Python objects other than tensors and plain values and is not loaded, "
-            f"since unpickling them could run code; use a checkpoint written by occfeat {CHECKPOINT_FORMAT}"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise OccfeatError(f"checkpoint {path} cannot be read ({type(e).__name__}): it is damaged; {if_damaged}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise OccfeatError(f"{path} is not an occfeat checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def _prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> dict | None:
-    """Check the run dir against ``resume``; returns the last checkpoint to resume from (or None)."""
-    if not resume:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise OccfeatError(f"run dir {run_dir} already exists; pass --resume to continue it or choose another --out")
-        return None
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise OccfeatError(f"nothing to resume in {run_dir} (no config.yaml); drop --resume to start a new run")
-    old = yaml.safe_load(cfg_path.read_text())
-    diff = [k for k in config_diff(old, config) if k not in RESUME_FREE_KEYS]
-    # Extending a constant-lr run (e.g. 50 → 100 epochs, OccFeat†) is safe; a onecycle schedule depends on it.
-    if config["train"]["schedule"] == "constant":
-        diff = [k for k in diff if k != "train.epochs"]
-    if diff:
-        shown = ", ".join(f"{k} ({_flatten(old).get(k)!r} → {_flatten(config).get(k)!r})" for k in diff[:4])
-        raise OccfeatError(f"--resume with another config than {cfg_path}: {shown}; drop the changes or start a new --out")
-    last = run_dir / "checkpoints" / "last.pt"
-    # epoch_*.pt hold no optimizer/RNG state: they cannot continue a run exactly, so they are not offered here.
-    restart = f"move it aside and rerun with --resume to restart {run_dir} from step 0"
-    return load_checkpoint(last, if_damaged=restart) if last.exists() else None
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from (a killed run may have logged further)."""
-    if path.exists():
-        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
 
 
 def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -303,7 +209,7 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
     ckpt, err = None, None
     if env.is_main:
         try:
-            ckpt = _prepare_run_dir(run_dir, config, resume)
+            ckpt = prepare_run_dir(run_dir, config, resume)
         except OccfeatError as e:
             err = str(e)
     err = D.broadcast_error(err, env)
@@ -313,17 +219,21 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
         ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")  # rank 0 read it fine just before
     ckpt_dir, metrics_path = run_dir / "checkpoints", run_dir / "metrics.jsonl"
     if env.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        # config.yaml first: a run dir without it is "not started", which both a fresh run and --resume restart.
+        with writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        with writing(ckpt_dir):
+            ckpt_dir.mkdir(exist_ok=True)
         for name, text in getattr(task, "run_files", dict)().items():
-            (run_dir / name).write_text(text)
+            write_text_atomic(run_dir / name, text)
 
     model = task.model.to(device)
     optimizer = _make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = _make_scheduler(cfg, optimizer, total_steps)
     step = 0
     if resume and ckpt is None and env.is_main:
-        _truncate_metrics(metrics_path, 0)  # killed before its first checkpoint: start over cleanly
+        truncate_metrics(metrics_path, 0)  # killed before its first checkpoint: start over cleanly
     if ckpt is not None:
         task.load_checkpoint_payload(ckpt["task"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -331,7 +241,7 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
         step = int(ckpt["step"])
         _set_rng_state(ckpt["rng"])
         if env.is_main:
-            _truncate_metrics(metrics_path, step)
+            truncate_metrics(metrics_path, step)
     train_model = model
     if env.enabled:
         train_model = DistributedDataParallel(
@@ -341,6 +251,8 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
         )
     use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     last_good = ckpt_dir / "last.pt" if ckpt is not None else None
+    ckpt_step = step  # the step last.pt holds
+
 
     def save(epoch_done: bool) -> Path:
         state = {
@@ -351,10 +263,12 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
             "config": config,
             "task": task.checkpoint_payload(),
         }
+        # A failed write (full disk, read-only folder) leaves the previous last.pt whole: say how to go on from it.
+        then = f"rerun with --resume (it continues from step {ckpt_step})"
         if epoch_done:  # weights-only snapshot per epoch (what finetune --init can point at)
-            atomic_save(state, ckpt_dir / f"epoch_{step // steps_per_epoch:03d}.pt")
+            atomic_save(state, ckpt_dir / f"epoch_{step // steps_per_epoch:03d}.pt", then)
         state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=_rng_state())
-        atomic_save(state, ckpt_dir / "last.pt")
+        atomic_save(state, ckpt_dir / "last.pt", then)
         return ckpt_dir / "last.pt"
 
     samples_per_step = cfg.batch_size * cfg.grad_accum
@@ -426,13 +340,13 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
                 }
                 t_log, steps_since_log = now, 0
                 if env.is_main:
-                    with open(metrics_path, "a") as f:
+                    with writing(metrics_path, then="rerun with --resume"), open(metrics_path, "a") as f:
                         f.write(json.dumps(last_row) + "\n")
                 bar.set_postfix({**{k: f"{v:.4f}" for k, v in terms.items()}, "samples/s": f"{last_row['samples_per_s']:.1f}"})
         del batches  # ends this epoch's workers before the next epoch starts its own
         epoch_done = step % steps_per_epoch == 0
         if env.is_main and (epoch_done or step == stop_step):
-            last_good = save(epoch_done)
+            last_good, ckpt_step = save(epoch_done), step
         D.barrier(env)
     bar.close()
     elapsed = time.perf_counter() - t_run

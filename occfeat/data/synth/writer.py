@@ -27,7 +27,8 @@ from occfeat.data.synth.render import annotation_boxes, boxes_at, cast_lidar, re
 from occfeat.data.synth.rig import CAMERA_MOUNTS, KEYFRAME_HZ, LIDAR_MOUNT
 from occfeat.data.synth.tables import Tokens, attribute_name, static_tables, visibility_token, write_tables
 from occfeat.data.synth.world import Layout, Scene, make_layout, make_scene
-from occfeat.errors import OccfeatError, write_error
+from occfeat.errors import OccfeatError
+from occfeat.files import write_error
 from occfeat.lock import output_lock
 from occfeat.geometry import apply_4x4, invert_rigid, make_transform, pose_from_transform, yaw_matrix
 
@@ -306,7 +307,7 @@ def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
         except OSError as e:
-            raise write_error(e, Path(e.filename) if e.filename else out) from None
+            raise write_error(Path(e.filename) if e.filename else Path(out), e, "rerun") from None
     return out
 
 
