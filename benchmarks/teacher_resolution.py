@@ -1,7 +1,8 @@
 """Does a 448x812 teacher change the voxel feature targets compared with the default 224x406?
 
-    python benchmarks/teacher_resolution.py [--scenes 2] [--samples-per-scene 3] [--image-size 1600x900]
+    python benchmarks/teacher_resolution.py [--scenes 1] [--samples-per-scene 2] [--image-size 1600x900]
                                             [--low 224x406] [--high 448x812] [--threshold 0.9] [--device auto]
+                                            [--weights dinov2_vits14.pth]
 
 Steps, each the user-facing command: ``python -m cli synth`` (a tiny synthetic world at nuScenes' image
 size), ``python -m cli voxelize`` (the default grid), then ``python -m cli extract`` twice with the SAME
@@ -15,7 +16,8 @@ its native 518x518 size and loaded through ``--weights`` at both sizes, so timm 
 embedding exactly as it would DINOv2's. What this shows: how much a voxel's target moves when the
 teacher's token grid is twice as fine, for the synthetic world's geometry and a ViT of this shape. What it
 does not show: how much DINOv2's *semantic* features change (a trained ViT's tokens are smoother within an
-object and more distinct between objects), nor any effect on downstream IoU.
+object and more distinct between objects), nor any effect on downstream IoU. With ``--weights`` (a DINOv2
+ViT-S/14 file, as ``occfeat extract --weights`` takes) the same measurement runs on the real teacher.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's occfeat, the same code the `python -m cli` steps run
+
+import numpy as np  # noqa: E402
 import timm
 import torch
 import torch.nn.functional as F
@@ -41,8 +46,6 @@ from occfeat.data.occupancy import OccupancyReader
 from occfeat.data.synth import SynthConfig
 from occfeat.data.targets import voxel_feature_targets
 from occfeat.grid import BevGrid
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str) -> None:
@@ -78,19 +81,23 @@ def pool2(feats: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenes", type=int, default=2)
-    ap.add_argument("--samples-per-scene", type=int, default=3)
+    ap.add_argument("--scenes", type=int, default=1)
+    ap.add_argument("--samples-per-scene", type=int, default=2)
     ap.add_argument("--image-size", default="1600x900", help="stored JPEG WIDTHxHEIGHT (nuScenes: 1600x900)")
     ap.add_argument("--low", default="x".join(map(str, DEFAULTS.input_size)), help="teacher input HEIGHTxWIDTH (default)")
     ap.add_argument("--high", default="448x812", help="teacher input HEIGHTxWIDTH to compare with")
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--weights", type=Path, default=None, help="teacher weights file (default: a seeded RANDOM-INIT teacher)")
     args = ap.parse_args()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
           f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
-    print(f"teacher {DEFAULTS.teacher}: RANDOM-INIT weights (seed {RANDOM_TEACHER_SEED}), the same file at both sizes; "
-          "NOT DINOv2 — see the docstring for what this does and does not show")
+    if args.weights is None:
+        print(f"teacher {DEFAULTS.teacher}: RANDOM-INIT weights (seed {RANDOM_TEACHER_SEED}), the same file at both sizes; "
+              "NOT DINOv2 — see the docstring for what this does and does not show")
+    else:
+        print(f"teacher {DEFAULTS.teacher}: weights {args.weights.resolve()} at both sizes")
     grid = BevGrid()
     version = SynthConfig().version
     with tempfile.TemporaryDirectory() as d:
@@ -99,10 +106,12 @@ def main() -> None:
         cli("synth", "--out", d / "root", "--scenes", args.scenes, "--samples-per-scene", args.samples_per_scene,
             "--image-size", args.image_size, "--version", version)  # fmt: skip
         cli("voxelize", "--dataroot", d / "root", "--version", version, "--split", "all", "--out", d / "occ.h5")
-        save_random_teacher(d / "teacher.safetensors")
+        weights = args.weights.resolve() if args.weights is not None else d / "teacher.safetensors"
+        if args.weights is None:
+            save_random_teacher(weights)
         for name, size in (("low", args.low), ("high", args.high)):
             cli("extract", "--dataroot", d / "root", "--version", version, "--split", "all", "--out", d / f"{name}.h5",
-                "--weights", d / "teacher.safetensors", "--input-size", size, "--batch-size", "6", "--device", args.device)  # fmt: skip
+                "--weights", weights, "--input-size", size, "--batch-size", "6", "--device", args.device)  # fmt: skip
 
         index = SampleIndex(d / "root", version, "all")
         occ_reader = OccupancyReader(d / "occ.h5", grid)
