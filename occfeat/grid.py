@@ -23,11 +23,18 @@ from occfeat.errors import OccfeatError
 
 Bounds = tuple[tuple[float, float], tuple[float, float], tuple[float, float]]
 
-# Simple-BEV's grid (paper §4.1): 100 m x 100 m at 0.5 m around the ego, 8 height bins over 10 m.
-# Simple-BEV spans +-5 m vertically around its camera-height reference (~1.5 m above the ground);
-# expressed in the ego frame (origin on the ground) that is z in [-3.5, 6.5], which keeps the ground
-# plane (z = 0) in the middle of a bin rather than on a bin edge.
-DEFAULT_BOUNDS: Bounds = ((-50.0, 50.0), (-50.0, 50.0), (-3.5, 6.5))
+# Simple-BEV's grid (paper §4.1): 100 m x 100 m at 0.5 m, 8 height bins over 10 m, in the ego frame.
+# Simple-BEV (train_nuscenes.py) builds its grid in the CAM_FRONT optical frame (x right, y down,
+# z forward): bounds x, z in [-50, 50], y in [-5, 5], shifted by `scene_centroid_y = 1.0  # down 1 meter`
+# (utils/vox.py adds the centroid to the bounds), so y_cam in [-4, 6]. nuScenes' CAM_FRONT is mounted
+# 1.70 m ahead of the ego origin and 1.51 m above it (calibrated_sensor; the synthetic rig uses the same,
+# occfeat/data/synth/rig.py), looking level, so ego z = 1.51 - y_cam in [-4.49, 5.51]; we round to
+# [-4.5, 5.5]. The ground (z = 0) then lies 60 % up the bin [-0.75, 0.5), as in Simple-BEV.
+# XY: Simple-BEV's grid is centred on CAM_FRONT (x = 1.70 m); we centre it 1.5 m ahead of the ego origin,
+# x in [-48.5, 51.5]: within 0.2 m (0.4 cell) of Simple-BEV, while every cell edge stays on the 0.5 m
+# lattice of the ego frame, so edges are exact in floating point (CAM_FRONT's x also varies by a few cm
+# between nuScenes logs). All numbers are in the ego frame at the LiDAR key-frame time.
+DEFAULT_BOUNDS: Bounds = ((-48.5, 51.5), (-50.0, 50.0), (-4.5, 5.5))
 DEFAULT_SHAPE: tuple[int, int, int] = (200, 200, 8)
 
 

@@ -4,7 +4,10 @@ Three sources, in this order:
 
 1. ``weights=PATH``: a local safetensors / .pth / .bin file, loaded through timm's own pretrained path
    (``pretrained_cfg_overlay=dict(file=PATH)``), so timm's checkpoint filters apply (original DINOv2
-   checkpoints included).
+   checkpoints included). A MoCo v2 checkpoint (the official ``moco_v2_800ep_pretrain.pth.tar`` layout,
+   see :func:`moco_v2_state_dict`) is detected and loaded directly into a ResNet. Pickled files are read
+   with ``torch.load(weights_only=True)``: a file holding anything but tensors and plain containers is
+   refused rather than unpickled.
 2. The Hugging Face cache / hub, through ``timm.create_model(name, pretrained=True)``. Set
    ``HF_HUB_OFFLINE=1`` to use a pre-filled cache on a machine without network.
 3. ``random_init=True``: only when asked. The returned :class:`Provenance` says so, and every cache,
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +38,7 @@ class Provenance:
 
     model: str
     pretrained: bool
-    source: str  # "file:<path>", "hub", or "random-init"
+    source: str  # "file:<path>", "moco_v2:<path>" (a MoCo v2 checkpoint), "hub", or "random-init"
     sha256: str = ""
 
     def as_dict(self) -> dict:
@@ -82,6 +86,60 @@ def _first_detail(e: Exception) -> str:
     return (detail or (lines[0] if lines else type(e).__name__))[:240]
 
 
+MOCO_PREFIX = "module.encoder_q."
+"""MoCo (v1/v2) saves its DDP-wrapped model: the query encoder is a torchvision ResNet under this prefix."""
+
+
+def read_pickled_weights(path: Path) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; one-line error if it needs arbitrary unpickling."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise OccfeatError(
+            f"weights file {path} holds Python objects other than tensors and plain containers, which occfeat "
+            f"will not unpickle; re-save its state dict (torch.save(ckpt['state_dict'], ...)) or convert to safetensors"
+        ) from e
+    except (RuntimeError, OSError, EOFError) as e:
+        raise OccfeatError(f"weights file {path} is not a readable torch checkpoint: {_first_detail(e)}") from e
+
+
+def moco_v2_state_dict(ckpt: object) -> dict[str, torch.Tensor] | None:
+    """The query encoder of a MoCo v2 checkpoint in torchvision ResNet names (= timm's), else None.
+
+    Layout (facebookresearch/moco ``main_moco.py``): ``{"epoch", "arch", "state_dict", "optimizer"}`` where
+    ``state_dict`` keys are ``module.encoder_q.<torchvision key>`` (the query encoder),
+    ``module.encoder_k.*`` (the momentum encoder), ``module.queue`` / ``module.queue_ptr``. The prefix is
+    stripped; ``encoder_k``, the queue and the MLP projection head ``fc.*`` are dropped.
+    """
+    sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not any(str(k).startswith(MOCO_PREFIX) for k in sd):
+        return None
+    out = {k[len(MOCO_PREFIX) :]: v for k, v in sd.items() if k.startswith(MOCO_PREFIX)}
+    return {k: v for k, v in out.items() if not k.startswith("fc.")}
+
+
+def _load_moco_v2(name: str, path: Path, state: dict[str, torch.Tensor], **kwargs) -> torch.nn.Module:
+    """A timm model with every one of its weights from a MoCo v2 query encoder (none missing).
+
+    Keys of layers the model does not build (e.g. ``layer4`` of a ``features_only`` ResNet cut at stride
+    16) are ignored; any other mismatch is a one-line error.
+    """
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise OccfeatError(f"MoCo v2 checkpoint {path} does not fit timm model '{name}': {_first_detail(e)}") from e
+    built = {k.split(".")[0] for k in model.state_dict()}
+    stray = [k for k in result.unexpected_keys if k.split(".")[0] in built]
+    if result.missing_keys or stray:
+        what = f"lacks {result.missing_keys[:2]}" if result.missing_keys else f"has extra {stray[:2]}"
+        raise OccfeatError(
+            f"MoCo v2 checkpoint {path} {what} for timm model '{name}' "
+            f"({len(result.missing_keys)} missing, {len(stray)} extra); MoCo v2 weights fit network.backbone=resnet50"
+        )
+    return model
+
+
 def create_timm_model(
     name: str,
     weights: str | Path | None = None,
@@ -102,6 +160,11 @@ def create_timm_model(
         path = Path(weights)
         if not path.is_file():
             raise OccfeatError(f"weights file {path} not found; pass an existing safetensors/.pth file to {weights_flag}")
+        if path.suffix != ".safetensors":
+            moco = moco_v2_state_dict(read_pickled_weights(path))
+            if moco is not None:
+                model = _load_moco_v2(name, path, moco, **kwargs)
+                return model, Provenance(name, True, f"moco_v2:{path.resolve()}", sha256_file(path))
         try:
             model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
         except (RuntimeError, KeyError, ValueError, OSError) as e:

@@ -12,8 +12,9 @@ pytest_plugins = [
     "tests.fixtures.features",
 ]
 
-# A small grid for CPU tests: same height bins as the paper's grid, 1 m cells over +-25 m.
-TEST_GRID = BevGrid(bounds=((-25.0, 25.0), (-25.0, 25.0), (-3.5, 6.5)), shape=(50, 50, 8))
+# A small grid for CPU tests: the same height bins as the default grid (occfeat/grid.py), 1 m cells over
+# +-25 m around the ego (the synthetic-tiny recipes use this grid; hand-computed cell indices rely on it).
+TEST_GRID = BevGrid(bounds=((-25.0, 25.0), (-25.0, 25.0), (-4.5, 5.5)), shape=(50, 50, 8))
 
 
 @pytest.fixture(scope="session")

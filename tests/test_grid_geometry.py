@@ -17,6 +17,7 @@ from occfeat.geometry import (
     transform_from_pose,
     yaw_matrix,
 )
+from occfeat.data.synth.rig import CAMERA_MOUNTS
 from occfeat.grid import BevGrid
 
 
@@ -24,11 +25,19 @@ def test_default_grid_is_the_papers_simplebev_grid():
     g = BevGrid()
     assert g.shape == (200, 200, 8)
     np.testing.assert_allclose(g.voxel_size, [0.5, 0.5, 1.25])
-    assert g.bounds[0] == (-50.0, 50.0) and g.bounds[1] == (-50.0, 50.0)
-    assert g.bounds[2][1] - g.bounds[2][0] == 10.0
-    # ground (z = 0) sits inside a bin, not on an edge
+    assert g.bounds[0] == (-48.5, 51.5) and g.bounds[1] == (-50.0, 50.0)
+    # Simple-BEV: y_cam in [-5, 5] + 1 m (down) in CAM_FRONT, mounted 1.70 m ahead and 1.51 m up (the rig's
+    # numbers, nuScenes' calibration): z_ego = 1.51 - y_cam. Our bounds are that, to 1 cm in z, 0.2 m in x.
+    front = next(m for m in CAMERA_MOUNTS if m.channel == "CAM_FRONT")
+    sb_z = sorted(front.translation[2] - y for y in (-5.0 + 1.0, 5.0 + 1.0))
+    np.testing.assert_allclose(g.bounds[2], sb_z, atol=0.011)
+    assert abs((g.lower[0] + g.upper[0]) / 2 - front.translation[0]) <= 0.2
+    # every cell edge sits on the 0.5 m (xy) / 0.25 m (z) lattice of the ego frame: exact in float
+    assert np.all(np.mod(g.lower[:2], 0.5) == 0) and np.mod(g.lower[2], 0.25) == 0
+    # the ground (z = 0) falls 60 % up the bin [-0.75, 0.5), not on an edge
     edges = g.lower[2] + np.arange(9) * g.voxel_size[2]
-    assert np.min(np.abs(edges)) > 0.1
+    k = np.searchsorted(edges, 0.0) - 1
+    assert (edges[k], edges[k + 1]) == (-0.75, 0.5)
 
 
 def test_voxel_centers_and_index_round_trip():

@@ -44,7 +44,13 @@ class ExtractConfig:
     teacher: str = "vit_small_patch14_dinov2.lvd142m"
     """timm model name of the frozen teacher; any timm ViT works. Paper: DINOv2 ViT-S/14."""
     input_size: tuple[int, int] = (224, 406)
-    """Teacher input (H, W), multiples of the patch size: 224x406 is the paper's 224x400 rounded to /14."""
+    """Teacher input (H, W), multiples of the patch size (14). The paper does not state it; 224x406 is the
+    student's 224x400 with W rounded up to /14 (the 1600x900 image is resized whole, 2 % anisotropic, which
+    the targets handle exactly). Token grid: 224/14 x 406/14 = 16 x 29 tokens per camera, one token
+    ≈ 56 x 55 original pixels, so a car (1.8 m wide) 30 m ahead of CAM_FRONT (f ≈ 1266 px) is ≈ 76 px
+    ≈ 1.4 tokens wide. 448x812 gives 32 x 58 tokens (4x the tokens, ≥ 4x the ViT compute, 4x the cache:
+    ≈ 290 GB instead of ≈ 73 GB for trainval). Measured on the synthetic world with a random-init
+    teacher (BENCHMARKS.md, "Teacher resolution"); the default stays at the paper's input size."""
     batch_size: int = 64
     """Images per forward pass."""
     device: str = "auto"

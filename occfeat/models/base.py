@@ -36,8 +36,12 @@ class NetworkConfig:
     """Random backbone weights; only when asked for, and stamped via Provenance into every output."""
     image_channels: int = 128
     """C of the fused per-camera feature maps that are lifted / attended to (Simple-BEV's feat2d_dim)."""
-    fuse_channels: int = 256
-    """Hidden width of the multi-scale fusion convs in the image encoder."""
+    fuse_channels: int | None = None
+    """Hidden width of the multi-scale fusion convs in the image encoder. None: the backbone's Simple-BEV
+    width (128 for efficientnet_b0, 512 for resnet50; ``occfeat.models.encoder.BACKBONE_DEFAULTS``)."""
+    drop_path_rate: float | None = None
+    """Stochastic depth (drop-connect) of the backbone while training, scaled per block. None: the
+    backbone's Simple-BEV value (0.2 for efficientnet_b0 as efficientnet_pytorch, 0 for ResNets)."""
     encoder_strides: tuple[int, ...] = (8, 16)
     """Backbone levels fused, finest first; the finest is the feature stride (Simple-BEV: 1/8)."""
     bevformer_layers: int = 6

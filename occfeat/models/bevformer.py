@@ -181,7 +181,8 @@ class BevFormer(BevNetwork):
         self.bev_channels = cfg.bev_channels
         X, Y, Z = grid.shape
         self.encoder = ImageEncoder(
-            cfg.backbone, cfg.image_channels, cfg.fuse_channels, cfg.encoder_strides, cfg.backbone_weights, cfg.random_init
+            cfg.backbone, cfg.image_channels, cfg.fuse_channels, cfg.encoder_strides, cfg.backbone_weights, cfg.random_init,
+            drop_path_rate=cfg.drop_path_rate,
         )
         self.provenance = self.encoder.provenance
         self.queries = nn.Parameter(0.1 * torch.randn(1, X * Y, cfg.bev_channels))

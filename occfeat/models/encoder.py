@@ -9,6 +9,7 @@ own mean/std (timm ``pretrained_cfg``), kept as buffers so they follow ``.to(dev
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,37 @@ from torch import nn
 
 from occfeat.errors import OccfeatError
 from occfeat.weights import create_timm_model
+
+
+@dataclass(frozen=True)
+class BackboneDefaults:
+    """Simple-BEV's per-backbone encoder settings, used where NetworkConfig leaves a field at None."""
+
+    fuse_channels: int
+    """Hidden width of the fusion convs: Simple-BEV's ``UpsamplingConcat`` width (segnet.py:187, 221)."""
+    drop_path_rate: float
+    """Stochastic depth while training. efficientnet_pytorch's drop-connect 0.2 is scaled per block by
+    block_idx / n_blocks (over all 16 EN-B0 blocks); timm's EfficientNet builder scales ``drop_path_rate``
+    the same way, on the same residual blocks. torchvision's ResNets have none."""
+
+
+# The one home of these numbers (keys: timm architecture names without the pretrained tag).
+BACKBONE_DEFAULTS: dict[str, BackboneDefaults] = {
+    "efficientnet_b0": BackboneDefaults(fuse_channels=128, drop_path_rate=0.2),
+    "resnet50": BackboneDefaults(fuse_channels=512, drop_path_rate=0.0),
+    "resnet101": BackboneDefaults(fuse_channels=512, drop_path_rate=0.0),
+}
+
+
+def backbone_defaults(backbone: str) -> BackboneDefaults:
+    """Simple-BEV's settings for ``backbone`` (``efficientnet_b0.ra_in1k`` → ``efficientnet_b0``)."""
+    arch = backbone.split(".")[0]
+    if arch not in BACKBONE_DEFAULTS:
+        raise OccfeatError(
+            f"no Simple-BEV encoder defaults for backbone '{backbone}' (known: {', '.join(BACKBONE_DEFAULTS)}); "
+            "set network.fuse_channels and network.drop_path_rate"
+        )
+    return BACKBONE_DEFAULTS[arch]
 
 
 def _conv_in_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -55,18 +87,26 @@ class ImageEncoder(nn.Module):
     """timm backbone + fusion: images (B, S, 3, H, W) in [0, 1] → features (B, S, C, H/s, W/s).
 
     ``strides`` are the backbone reductions to fuse, finest first (its first entry is the output stride).
+    ``fuse_channels`` / ``drop_path_rate`` None: the backbone's Simple-BEV value (:data:`BACKBONE_DEFAULTS`).
     """
 
     def __init__(
         self,
         backbone: str,
         out_channels: int,
-        fuse_channels: int,
+        fuse_channels: int | None = None,
         strides: tuple[int, ...] = (8, 16),
         weights: str | None = None,
         random_init: bool = False,
+        drop_path_rate: float | None = None,
     ):
         super().__init__()
+        if fuse_channels is None or drop_path_rate is None:
+            defaults = backbone_defaults(backbone)
+            fuse_channels = defaults.fuse_channels if fuse_channels is None else fuse_channels
+            drop_path_rate = defaults.drop_path_rate if drop_path_rate is None else drop_path_rate
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise OccfeatError(f"network.drop_path_rate {drop_path_rate} must be in [0, 1)")
         strides = tuple(sorted(int(s) for s in strides))
         if not strides or any(s < 2 or (s & (s - 1)) for s in strides):
             raise OccfeatError(f"encoder strides {strides} must be powers of two >= 2 (e.g. 8,16)")
@@ -77,10 +117,11 @@ class ImageEncoder(nn.Module):
             backbone,
             weights=weights,
             random_init=random_init,
-            weights_flag="--backbone-weights",
-            random_flag="random_init=true",
+            weights_flag="network.backbone_weights",
+            random_flag="network.random_init=true",
             features_only=True,
             out_indices=out_indices,
+            drop_path_rate=float(drop_path_rate),
         )
         _drop_unused_blocks(self.backbone)
         got = tuple(self.backbone.feature_info.reduction())
@@ -88,6 +129,7 @@ class ImageEncoder(nn.Module):
             raise OccfeatError(f"backbone '{backbone}' gives feature strides {got}, not {strides}; pick another backbone or strides")
         self.stride = strides[0]
         self.out_channels = out_channels
+        self.fuse_channels, self.drop_path_rate = int(fuse_channels), float(drop_path_rate)
         self.fusion = FeatureFusion(list(self.backbone.feature_info.channels()), fuse_channels, out_channels)
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
         mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))

@@ -19,7 +19,8 @@ class SimpleBev(BevNetwork):
         self.grid = grid
         self.bev_channels = cfg.bev_channels
         self.encoder = ImageEncoder(
-            cfg.backbone, cfg.image_channels, cfg.fuse_channels, cfg.encoder_strides, cfg.backbone_weights, cfg.random_init
+            cfg.backbone, cfg.image_channels, cfg.fuse_channels, cfg.encoder_strides, cfg.backbone_weights, cfg.random_init,
+            drop_path_rate=cfg.drop_path_rate,
         )
         self.provenance = self.encoder.provenance
         self.lift = VoxelLift(grid)

@@ -291,6 +291,10 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
             num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda",
             drop_last=True,
+            # Its own generator: iter(loader) otherwise draws the workers' base seed from the global torch
+            # RNG, so a resumed run (a new loader mid-epoch) would shift the model's randomness (drop-path,
+            # dropout) against an uninterrupted one.
+            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
         )
         batches = iter(loader)
         while step < stop_step and step // steps_per_epoch == epoch:
