@@ -53,10 +53,23 @@ def _spec_diff(old: dict, new: dict) -> str:
 
 @dataclass(frozen=True)
 class Payload:
-    """One per-sample dataset: its shape without the sample axis and its dtype."""
+    """One per-sample dataset: its shape without the sample axis and its dtype. ``ragged``: each row
+    is a 1-D array of its own length (an HDF5 variable-length dataset; ``shape`` must be ())."""
 
     shape: tuple[int, ...]
     dtype: str
+    ragged: bool = False
+
+    def h5_dtype(self):
+        return h5py.vlen_dtype(np.dtype(self.dtype)) if self.ragged else self.dtype
+
+    def rows(self, data, n: int) -> np.ndarray:
+        """``data`` as the (n, *shape) array h5py writes (an object array of 1-D rows when ragged)."""
+        if not self.ragged:
+            return np.asarray(data).astype(self.dtype, copy=False)
+        out = np.empty(n, dtype=object)
+        out[:] = [np.ascontiguousarray(r, dtype=self.dtype).reshape(-1) for r in data]
+        return out
 
 
 def read_spec(path: Path) -> dict:
@@ -145,10 +158,10 @@ class CacheWriter:
         tmp = path.with_suffix(".tmp")
         with h5py.File(tmp, "w") as f:
             for name, p in self.payloads.items():
-                arr = np.asarray(data[name])
+                arr = p.rows(data[name], n)
                 if arr.shape != (n, *p.shape):
                     raise ValueError(f"block {start}-{stop}: {name} has shape {arr.shape}, expected {(n, *p.shape)}")
-                f.create_dataset(name, data=arr.astype(p.dtype, copy=False))
+                f.create_dataset(name, data=arr, dtype=p.h5_dtype())
             f.create_dataset("valid", data=valid)
         os.replace(tmp, path)
 
@@ -166,14 +179,18 @@ class CacheWriter:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("tokens", data=np.array(self.tokens, dtype=h5py.string_dtype()))
             dsets = {
-                name: f.create_dataset(name, shape=(n, *p.shape), dtype=p.dtype, chunks=(1, *p.shape))
+                name: f.create_dataset(name, shape=(n, *p.shape), dtype=p.h5_dtype(), chunks=(1, *p.shape))
                 for name, p in self.payloads.items()
             }
             valid_all = f.create_dataset("valid", shape=(n,), dtype=bool)
             for start, stop in self._blocks():
                 with h5py.File(self._part_path(start, stop), "r") as part:
                     for name, d in dsets.items():
-                        d[start:stop] = part[name][()]
+                        if self.payloads[name].ragged:  # h5py broadcasts a block of equal-length rows wrongly
+                            for i, row in enumerate(part[name][()]):
+                                d[start + i] = row
+                        else:
+                            d[start:stop] = part[name][()]
                     valid = part["valid"][()]
                     valid_all[start:stop] = valid
                     skipped += [self.tokens[start + i] for i in np.flatnonzero(~valid)]

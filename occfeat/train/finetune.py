@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import default_collate
@@ -57,8 +58,9 @@ class FinetuneConfig:
     input_size: tuple[int, int] = (224, 400)
     """(H, W) of the camera images fed to the network."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**FINETUNE_OPTIM, **FRACTION_DEFAULTS[1.0]))
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    """Simple-BEV's random resize + crop jitter on the training images (never on evaluation)."""
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(ref_cameras=()))
+    """Simple-BEV's augmentations on the training images (never on evaluation): resize + crop and the
+    image / BEV flips; the random reference camera stays off until the ground truth is exact in R."""
     gt: GtConfig = field(default_factory=GtConfig)
     eval_every: int = 0
     """Also evaluate on the val split every this many epochs (0: only after training)."""
@@ -160,7 +162,11 @@ class SegmentationDataset(CameraDataset):
         super().__init__(rigs, input_hw, augment, seed)
         self.gt = gt
 
-    def targets(self, rig: CameraRig) -> dict:
+    def targets(self, rig: CameraRig, ref_T_ego: np.ndarray | None = None) -> dict:
+        # The cached ground truth is in the ego frame; exact ground truth in a random reference frame
+        # comes with the gt-loss work (issue 10), hence augment.ref_cameras = () below until then.
+        if ref_T_ego is not None and not np.allclose(ref_T_ego, np.eye(4)):
+            raise OccfeatError("finetuning ground truth is cached in the ego frame only; set augment.ref_cameras=[]")
         target, valid = self.gt[rig.token]
         return {"target": torch.from_numpy(target), "valid": torch.from_numpy(valid)}
 
