@@ -49,6 +49,40 @@ def build_inputs(root: Path, samples: int, image_wh: tuple[int, int]) -> None:
     extract_features(root / "root", cfg.version, "all", root / "feats.h5", random_teacher=True, device="cpu", progress=False)
 
 
+def decode_costs(root: Path, version: str) -> dict[str, str]:
+    """Per-sample costs of the loader's parts: the six-image decode in each resize mode and the occupancy
+    target (read the cached points, move them into a reference frame, voxelize), plus the cache's size."""
+    import numpy as np
+
+    from occfeat.data.index import SampleIndex
+    from occfeat.data.occupancy import OccupancyReader
+    from occfeat.geometry import reference_frame
+    from occfeat.grid import BevGrid
+    from occfeat.train.data import RESIZE_MODES, AugmentConfig, camera_rig, draw_augmentation, load_cameras, sample_rng
+
+    rigs = [camera_rig(r) for r in SampleIndex(root / "root", version, "all")]
+    out = {}
+    for mode in RESIZE_MODES:
+        aug = AugmentConfig(resize_mode=mode)
+        draws = [draw_augmentation(r, (224, 400), aug, sample_rng(0, 0, i)) for i, r in enumerate(rigs)]
+        best = min(_seconds(lambda: [load_cameras(r, (224, 400), a, mode) for r, a in zip(rigs, draws)]) for _ in range(3))
+        out[f"6 JPEGs decoded + resized ({mode})"] = f"{1e3 * best / len(rigs):8.1f} ms/sample"
+    occ = OccupancyReader(root / "occ.h5", BevGrid())
+    refs = [reference_frame(r.cam_T_ego, 3) for r in rigs]  # CAM_BACK: a 180° frame
+    for name, frames in (("ego frame", [None] * len(rigs)), ("CAM_BACK's frame", refs)):
+        best = min(_seconds(lambda: [occ.get(r.token, f) for r, f in zip(rigs, frames)]) for _ in range(3))
+        out[f"occupancy target in the {name}"] = f"{1e3 * best / len(rigs):8.1f} ms/sample"
+    n_points = np.mean([len(occ.points(r.token)) for r in rigs])
+    out["occupancy cache"] = f"{(root / 'occ.h5').stat().st_size / len(rigs) / 2**10:8.1f} KiB/sample ({n_points:,.0f} points kept)"
+    return out
+
+
+def _seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def forever(loader):
     """Batches from a fresh pass each time round (itertools.cycle would replay stored batches without loading)."""
     while True:
@@ -94,6 +128,8 @@ def main() -> None:
         print(f"inputs: {args.samples} synthetic key frames at {args.image_size} + caches ({time.perf_counter() - t:.0f} s to build)")
 
         from occfeat.data.synth import SynthConfig
+
+        decode = decode_costs(d, SynthConfig().version)
 
         overrides = {"network": {"random_init": True}, "train": {"batch_size": args.batch_size, "num_workers": args.workers}}
         cfg = load_config(PretrainConfig, REPO / "recipes/pretrain/simplebev-effb0.yaml", overrides)
@@ -146,6 +182,10 @@ def main() -> None:
             pass
         load_rate = n * args.batch_size / (time.perf_counter() - t)
 
+    print(f"augmentations: {cfg.augment}")
+    print("\nper-sample loading costs (1 process, best of 3 passes over the samples):")
+    for name, value in decode.items():
+        print(f"  {name:<44}{value}")
     print(f"\npeak memory while training: {peak}")
     print(f"{'':<40}{'samples/s':>10}   (best of {args.rounds} alternating rounds of {args.steps} steps)")
     print(f"{'step on a batch in memory':<40}{mem_rate:>10.3f}")

@@ -1,4 +1,4 @@
-"""``occfeat voxelize``: LiDAR → occupancy grids (HDF5)."""
+"""``occfeat voxelize``: LiDAR → the occupancy cache (HDF5: the points that make the occupancy grids)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def voxelize(
     block_size: int = typer.Option(_D.block_size, min=1, help="Samples per crash-safe block: a kill -9 loses at most one block of work."),
     progress: bool = typer.Option(True, help="Show a progress bar with samples/s and ETA."),
 ) -> None:
-    """Voxelize the LiDAR of every key frame of a split into occupancy grids (resumable, idempotent).
+    """Cache the LiDAR of every key frame of a split for occupancy targets (resumable, idempotent).
 
-    A voxel is occupied when at least one LiDAR point (ego frame at the key-frame LiDAR timestamp, ego-body returns dropped) falls inside it.
+    A voxel is occupied when at least one LiDAR point (ego frame at the key-frame LiDAR timestamp, ego-body returns dropped) falls inside it. The cache keeps those points (cropped to what any camera's reference frame can put on the grid), so training voxelizes them in the reference frame it draws.
 
     Rerunning the same command resumes a killed run; a finished file is left as is. A file made with another grid, sweep count, split or dataroot is refused.
     """

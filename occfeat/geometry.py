@@ -122,3 +122,24 @@ def in_image(uv: Array, width: int, height: int) -> Array:
     """(..., N) bool: continuous pixel coordinate inside [0, width) x [0, height)."""
     u, v = uv[..., 0], uv[..., 1]
     return (u >= 0) & (u < width) & (v >= 0) & (v < height)
+
+
+def flat_camera_frame(cam_T_ego: np.ndarray) -> np.ndarray:
+    """``ego_T_flat`` (4, 4) of a camera: its gravity-aligned frame. Origin: the camera centre dropped to
+    z = 0 of the ego frame; x: the optical axis projected on the ground plane; z: ego up."""
+    ego_T_cam = invert_rigid(np.asarray(cam_T_ego, dtype=np.float64))
+    axis = ego_T_cam[:3, 2]  # the optical axis (camera +z) in ego coordinates
+    centre = ego_T_cam[:3, 3]
+    return make_transform(yaw_matrix(np.arctan2(axis[1], axis[0])), np.array([centre[0], centre[1], 0.0]))
+
+
+def reference_frame(cam_T_ego: np.ndarray, ref: int, front: int = 0) -> np.ndarray:
+    """``ref_T_ego`` (4, 4) of the frame R in which camera ``ref`` sits as camera ``front`` sits in ego.
+
+    cam_T_ego: (S, 4, 4) of the key frame's cameras. ``ego_T_ref = ego_T_flat[ref] @ inv(ego_T_flat[front])``,
+    so R = ego for ``ref == front``, and otherwise the grid is yawed (about 0/±55/±110/180° on nuScenes)
+    and shifted with the camera: Simple-BEV's random reference camera (its grid lives in the frame of a
+    randomly drawn camera, nuscenesdataset.py refcam_id; CAM_FRONT at evaluation).
+    """
+    ego_T_ref = flat_camera_frame(cam_T_ego[ref]) @ invert_rigid(flat_camera_frame(cam_T_ego[front]))
+    return invert_rigid(ego_T_ref)

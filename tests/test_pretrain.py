@@ -11,7 +11,7 @@ from PIL import Image
 
 from occfeat.errors import OccfeatError
 from occfeat.geometry import project_points
-from occfeat.train.data import AugmentConfig, CameraRig, load_camera, load_cameras, sample_augmentation, sample_rng
+from occfeat.train.data import AugmentConfig, CameraRig, draw_augmentation, load_camera, load_cameras, sample_augmentation, sample_rng
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "pretrain").glob("*.yaml"))
 
@@ -30,15 +30,16 @@ def _bright_centroid(img: torch.Tensor) -> np.ndarray:
     return np.array([(u + 0.5).mean(), (v + 0.5).mean()])  # continuous coords, pixel centres at i + 0.5
 
 
+@pytest.mark.parametrize("mode", ["nearest", "draft-bilinear"])
 @pytest.mark.parametrize("resized,crop", [((200, 112), (0, 0)), ((240, 134), (30, 5)), ((170, 95), (-10, -12))])
-def test_intrinsics_follow_the_pixels(tmp_path, resized, crop):
+def test_intrinsics_follow_the_pixels(tmp_path, resized, crop, mode):
     path = tmp_path / "cam.jpg"
     _dot_image(path)
     K = np.array([[300.0, 0, 160], [0, 300.0, 90], [0, 0, 1]])
     # A camera-frame point that projects onto the dot's centre (200, 60) in the stored image.
     z = 10.0
     p = np.array([(200 - 160) * z / 300, (60 - 90) * z / 300, z])
-    img, K_in = load_camera(str(path), K, (112, 200), resized, crop)
+    img, K_in = load_camera(str(path), K, (112, 200), resized, crop, mode)
     assert img.shape == (3, 112, 200) and img.dtype == torch.float32 and 0 <= img.min() and img.max() <= 1
     uv, _ = project_points(K_in, p[None])
     assert np.abs(uv[0] - _bright_centroid(img)).max() < 0.75
@@ -63,20 +64,22 @@ def test_missing_or_corrupt_jpeg_is_a_one_line_error(tmp_path):
     K = np.eye(3)[None].repeat(1, 0)
     rig = CameraRig("tok", (str(tmp_path / "nope.jpg"),), K, np.eye(4)[None], np.array([[180, 320]]))
     with pytest.raises(OccfeatError, match=r"camera image .*nope\.jpg is missing"):
-        load_cameras(rig, (112, 200), AugmentConfig(), sample_rng(0, 0, 0))
+        load_cameras(rig, (112, 200), draw_augmentation(rig, (112, 200), AugmentConfig(ref_cameras=()), sample_rng(0, 0, 0)))
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(OccfeatError, match=r"bad\.jpg cannot be decoded"):
         load_camera(str(tmp_path / "bad.jpg"), np.eye(3), (112, 200), (200, 112), (0, 0))
 
 
-def test_jpeg_draft_decoding_keeps_the_geometry(tmp_path):
-    # 1280x720 → 200x112: PIL decodes at 1/4 scale in the DCT domain first; the intrinsics must not notice.
+@pytest.mark.parametrize("mode", ["nearest", "draft-bilinear"])
+def test_jpeg_decoding_keeps_the_geometry(tmp_path, mode):
+    # 1280x720 → 200x112: draft decodes at 1/4 scale in the DCT domain first, nearest samples the full
+    # image; the intrinsics must not notice either.
     path = tmp_path / "big.jpg"
     _dot_image(path, wh=(1280, 720), dot=(800, 240), r=16)
     K = np.array([[1200.0, 0, 640], [0, 1200.0, 360], [0, 0, 1]])
     z = 10.0
     p = np.array([(800 - 640) * z / 1200, (240 - 360) * z / 1200, z])
-    img, K_in = load_camera(str(path), K, (112, 200), (200, 112), (0, 0))
+    img, K_in = load_camera(str(path), K, (112, 200), (200, 112), (0, 0), mode)
     uv, _ = project_points(K_in, p[None])
     assert np.abs(uv[0] - _bright_centroid(img)).max() < 0.75
 

@@ -143,25 +143,26 @@ def test_transform_drop_box_matches_numpy_reference():
 
 
 # ---- the cache format and reader, on a hand-written cache ----
-def _write_cache(path, grid, occs, valid=None, sweeps=1):
-    tokens = [f"tok{i}" for i in range(len(occs))]
-    packed_shape = (*grid.shape[:2], (grid.shape[2] + 7) // 8)
+def _write_cache(path, grid, clouds, valid=None, sweeps=1):
+    tokens = [f"tok{i}" for i in range(len(clouds))]
     w = CacheWriter(path, tokens, occupancy_spec(grid, sweeps, "v1.0-mini", "all", path.parent),
-                    {"occupancy": Payload(packed_shape, "uint8")}, block_size=2)
+                    {"points": Payload((), "float32", ragged=True)}, block_size=2)
     for start, stop in w.pending():
-        w.write_block(start, stop, {"occupancy": pack_occupancy(np.stack(occs[start:stop]))},
-                      None if valid is None else valid[start:stop])
+        w.write_block(start, stop, {"points": clouds[start:stop]}, None if valid is None else valid[start:stop])
     w.finalize()
     return tokens
 
 
 def test_reader_roundtrip_and_refuses_other_grid_or_kind(tmp_path):
     rng = np.random.default_rng(2)
-    occs = [rng.random(ODD_GRID.shape) < 0.2 for _ in range(3)]
-    tokens = _write_cache(tmp_path / "occ.h5", ODD_GRID, occs, valid=[True, False, True])
+    lo, hi = ODD_GRID.lower, ODD_GRID.upper
+    clouds = [rng.uniform(lo - 1, hi + 1, (n, 3)).astype(np.float32) for n in (300, 0, 500)]
+    tokens = _write_cache(tmp_path / "occ.h5", ODD_GRID, clouds, valid=[True, False, True])
     r = OccupancyReader(tmp_path / "occ.h5", ODD_GRID)
     assert r.tokens == ["tok0", "tok2"] and "tok1" not in r and "tok0" in r and len(r) == 2
-    np.testing.assert_array_equal(r.get(tokens[2]), occs[2])
+    np.testing.assert_array_equal(r.points(tokens[2]), clouds[2])
+    np.testing.assert_array_equal(r.get(tokens[2]), voxelize_points(clouds[2], ODD_GRID))
+    assert r.get(tokens[2]).sum() > 0
     assert r.get("tok0").dtype == np.bool_ and r.sweeps == 1
     with pytest.raises(OccfeatError, match="tok1"):
         r.get("tok1")
@@ -179,12 +180,26 @@ def test_reader_roundtrip_and_refuses_other_grid_or_kind(tmp_path):
         OccupancyReader(tmp_path / "nope.h5", ODD_GRID)
 
 
+def test_reader_refuses_a_format_1_cache_of_packed_grids(tmp_path):
+    spec = {k: v for k, v in occupancy_spec(ODD_GRID, 1, "v1.0-mini", "all", tmp_path).items() if k not in ("format", "payload", "crop")}
+    spec.update(packing="packbits", packed_axis="z", bitorder="big")  # what format 1 stamped
+    packed = (*ODD_GRID.shape[:2], (ODD_GRID.shape[2] + 7) // 8)
+    w = CacheWriter(tmp_path / "old.h5", ["a"], spec, {"occupancy": Payload(packed, "uint8")}, 1)
+    w.write_block(0, 1, {"occupancy": np.zeros((1, *packed), np.uint8)})
+    w.finalize()
+    with pytest.raises(OccfeatError, match=r"format 1 .*rerun `occfeat voxelize`") as e:
+        OccupancyReader(tmp_path / "old.h5", ODD_GRID)
+    assert "\n" not in str(e.value)
+
+
 # ---- the stage on the synthetic world ----
 
 
 def _h5_arrays(path):
     with h5py.File(path, "r") as f:
-        return {k: f[k][()] for k in ("tokens", "valid", "occupancy")}, {k: f.attrs[k] for k in f.attrs}
+        data = {k: f[k][()] for k in ("tokens", "valid")}
+        data["points"] = np.concatenate([np.r_[len(r), r] for r in f["points"][()]])  # lengths and values
+        return data, {k: f.attrs[k] for k in f.attrs}
 
 
 def _assert_same_cache(a, b):
@@ -284,7 +299,7 @@ def test_bad_lidar_files_and_missing_pose_name_sample_and_file_or_are_skipped(sy
     with h5py.File(tmp_path / "b.h5", "r") as f:
         assert json.loads(f.attrs["skipped"]) == [recs[1].token, recs[3].token]
         assert f["valid"][()].tolist() == [True, False, True, False, True, True]
-        assert not f["occupancy"][1].any()
+        assert len(f["points"][1]) == 0
     r = OccupancyReader(tmp_path / "b.h5", test_grid)
     assert recs[1].token not in r and recs[0].token in r
 
@@ -398,7 +413,7 @@ def test_multi_sweep_static_object_lands_in_the_same_voxels(synth_root, test_gri
     ann = _static_vehicle(index, rec.token)
 
     def one_sweep(s, ego_T_lidar):
-        pts = job_points(SweepJob(rec.token, (str(s.path),), (ego_T_lidar,), (rec.lidar.ego_T_lidar,)))
+        pts = job_points(SweepJob(rec.token, (str(s.path),), (ego_T_lidar,), (rec.lidar.ego_T_lidar,), np.eye(4)[None]))
         above_ground = apply_4x4(rec.global_T_ego, pts.astype(np.float64))[:, 2] > 0.01
         return pts[above_ground]
 
@@ -419,5 +434,5 @@ def test_multi_sweep_static_object_lands_in_the_same_voxels(synth_root, test_gri
 
     # and the accumulated points are exactly the per-sweep ones
     acc = sample_points_ego(rec, 10)
-    assert len(acc) == sum(len(job_points(SweepJob(rec.token, (str(s.path),), (s.ego_T_lidar,), (rec.lidar.ego_T_lidar,))))
+    assert len(acc) == sum(len(job_points(SweepJob(rec.token, (str(s.path),), (s.ego_T_lidar,), (rec.lidar.ego_T_lidar,), np.eye(4)[None])))
                            for s in sweeps)

@@ -3,9 +3,12 @@
 A voxel of the :class:`~occfeat.grid.BevGrid` is occupied when at least one LiDAR point falls inside it
 (paper §3.2, Fig. 3). Grids are ``(X, Y, Z)`` bool, index ``[x, y, z]`` from the minimum bound.
 
-On disk (written by :func:`occfeat.data.voxelize.build_occupancy`, schema in data/README.md) each grid
-is bit-packed along z with ``np.packbits`` (big bit order): ``(X, Y, ceil(Z / 8))`` uint8, 8x smaller
-than uint8 and unpacked in microseconds (measured in benchmarks/voxelize.py).
+On disk (written by :func:`occfeat.data.voxelize.build_occupancy`, schema in data/README.md; format 2)
+the cache keeps each sample's ego-frame LiDAR points (after the ego-body drop, float32, cropped to
+what any camera's reference frame can put on the grid, :func:`crop_to_reference_grids`), not a grid:
+Simple-BEV's random reference camera needs the occupancy EXACTLY in a frame drawn per sample, so
+:meth:`OccupancyReader.get` moves the points into that frame and voxelizes them (in the DataLoader
+worker; ~1 ms per sample with the numba kernel). Format 1 (bit-packed ego-frame grids) is refused.
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ import numpy as np
 
 from occfeat.data.store import CacheReader
 from occfeat.errors import OccfeatError
+from occfeat.geometry import apply_4x4, reference_frame
 from occfeat.grid import BevGrid
 
 KIND = "occupancy"
-# How grids are packed on disk; stamped into the cache spec so a reader never guesses.
-PACKING = {"packing": "packbits", "packed_axis": "z", "bitorder": "big"}
+# Format 2: ragged ego-frame points per sample (format 1 stored bit-packed grids in the ego frame).
+FORMAT = 2
+# Margin (m) around each reference frame's grid box kept by the crop: a point's coordinates in R are
+# recomputed by the reader in float64 from float32 points, so none near an edge may be lost.
+CROP_MARGIN = 0.01
 
 
 # ---- kernels ----
@@ -137,6 +144,26 @@ def transform_drop_box(
     return out[:k]
 
 
+# ---- reference frames ----
+def points_in_frame(points: np.ndarray, ref_T_ego: np.ndarray | None) -> np.ndarray:
+    """Ego-frame points (N, 3) in the frame R (``ref_T_ego`` (4, 4); None = identity, the points as they are)."""
+    if ref_T_ego is None or np.array_equal(ref_T_ego, np.eye(4)):
+        return points
+    return apply_4x4(np.asarray(ref_T_ego, np.float64), points.astype(np.float64))
+
+
+def crop_to_reference_grids(points: np.ndarray, grid: BevGrid, cam_T_ego: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarray:
+    """The points (N, 3) that lie in ``grid`` (plus ``margin`` m) in the reference frame of ANY camera
+    (:func:`occfeat.geometry.reference_frame`, cam_T_ego (S, 4, 4) the key frame's cameras, CAMERAS order):
+    everything a random reference camera can put on the grid, whichever camera the recipe draws."""
+    lo, hi = grid.lower - margin, grid.upper + margin
+    keep = np.zeros(len(points), bool)
+    for s in range(len(cam_T_ego)):
+        p = points_in_frame(points, reference_frame(cam_T_ego, s))
+        keep |= np.all((p >= lo) & (p <= hi), axis=1)
+    return points[keep]
+
+
 # ---- storage format ----
 def pack_occupancy(occ: np.ndarray) -> np.ndarray:
     """(..., Z) bool → (..., ceil(Z/8)) uint8, bit-packed along z (big bit order): ``np.packbits(occ, axis=-1)``."""
@@ -157,24 +184,28 @@ def unpack_occupancy(packed: np.ndarray, z: int) -> np.ndarray:
 
 
 class OccupancyReader:
-    """Occupancy grids of a finished ``occfeat voxelize`` cache, by sample token.
+    """Occupancy of a finished ``occfeat voxelize`` cache, by sample token, in any reference frame.
 
-    Refuses a file that is not an occupancy cache or was built on another grid (one-line error naming
-    both grids). Safe to create before DataLoader workers fork (the HDF5 file opens lazily per process).
+    Refuses a file that is not an occupancy cache, one of format 1 (packed grids) or one built on another
+    grid (one-line errors). Safe to create before DataLoader workers fork (the HDF5 file opens lazily
+    per process).
     """
 
     def __init__(self, path: str | Path, grid: BevGrid):
         self.path = Path(path)
         self._cache = CacheReader(self.path, expect={"kind": KIND}, keys=["kind"], made_by="occfeat voxelize")
         spec = self._cache.spec
+        if spec.get("format") != FORMAT:
+            raise OccfeatError(
+                f"occupancy cache {self.path} has format {spec.get('format', 1)} (packed ego-frame grids), this version reads "
+                f"format {FORMAT} (LiDAR points, for targets in a random reference frame); rerun `occfeat voxelize` to rebuild it"
+            )
         have = BevGrid.from_spec(spec["grid"])
         if have != grid:
             raise OccfeatError(
                 f"occupancy cache {self.path} was built on grid {have.to_json()} but this run uses grid "
                 f"{grid.to_json()}; rebuild it with `occfeat voxelize --grid` for this grid or pass the matching grid"
             )
-        if spec.get("packing") != PACKING["packing"] or spec.get("packed_axis") != PACKING["packed_axis"]:
-            raise OccfeatError(f"{self.path} stores occupancy as {spec.get('packing')!r}, which this version cannot read; rebuild it")
         self.grid = grid
         self.sweeps: int = int(spec["sweeps"])
         self.spec = spec
@@ -190,6 +221,11 @@ class OccupancyReader:
     def __len__(self) -> int:
         return int(self._cache.valid.sum())
 
-    def get(self, token: str) -> np.ndarray:
-        """(X, Y, Z) bool occupancy of one sample."""
-        return unpack_occupancy(self._cache.get("occupancy", token), self.grid.shape[2])
+    def points(self, token: str) -> np.ndarray:
+        """(N, 3) float32 ego-frame LiDAR points of one sample (ego body dropped, cropped as stored)."""
+        return self._cache.get("points", token).reshape(-1, 3)
+
+    def get(self, token: str, ref_T_ego: np.ndarray | None = None) -> np.ndarray:
+        """(X, Y, Z) bool occupancy of one sample on the grid placed in frame R (``ref_T_ego`` (4, 4),
+        None = the ego frame): the stored points moved into R, then voxelized."""
+        return voxelize_points(points_in_frame(self.points(token), ref_T_ego), self.grid)

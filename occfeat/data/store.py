@@ -67,10 +67,23 @@ def _spec_diff(old: dict, new: dict) -> str:
 
 @dataclass(frozen=True)
 class Payload:
-    """One per-sample dataset: its shape without the sample axis and its dtype."""
+    """One per-sample dataset: its shape without the sample axis and its dtype. ``ragged``: each row
+    is a 1-D array of its own length (an HDF5 variable-length dataset; ``shape`` must be ())."""
 
     shape: tuple[int, ...]
     dtype: str
+    ragged: bool = False
+
+    def h5_dtype(self):
+        return h5py.vlen_dtype(np.dtype(self.dtype)) if self.ragged else self.dtype
+
+    def rows(self, data, n: int) -> np.ndarray:
+        """``data`` as the (n, *shape) array h5py writes (an object array of 1-D rows when ragged)."""
+        if not self.ragged:
+            return np.asarray(data).astype(self.dtype, copy=False)
+        out = np.empty(n, dtype=object)
+        out[:] = [np.ascontiguousarray(r, dtype=self.dtype).reshape(-1) for r in data]
+        return out
 
 
 def read_spec(path: Path) -> dict:
@@ -180,8 +193,9 @@ class CacheWriter:
             return []
         return [b for b in self._blocks() if not self._part_path(*b).exists()]
 
-    def _payload_bytes(self, rows: int) -> int:
-        return sum(rows * int(np.prod(p.shape, dtype=np.int64)) * np.dtype(p.dtype).itemsize for p in self.payloads.values())
+    def _assembled_bytes(self) -> int:
+        """About what the assembled file takes: the finished parts' sizes (ragged rows have no fixed size)."""
+        return sum(self._part_path(a, b).stat().st_size for a, b in self._blocks())
 
     def _check_space(self, need: int, path: Path, doing: str) -> None:
         # HDF5 that hits a full disk can crash the interpreter (exit 139): refuse before writing instead.
@@ -201,15 +215,16 @@ class CacheWriter:
         tmp = path.with_suffix(".tmp")
         arrays = {}
         for name, p in self.payloads.items():
-            arr = np.asarray(data[name])
+            arr = p.rows(data[name], n)
             if arr.shape != (n, *p.shape):
                 raise ValueError(f"block {start}-{stop}: {name} has shape {arr.shape}, expected {(n, *p.shape)}")
-            arrays[name] = arr.astype(p.dtype, copy=False)
-        self._check_space(self._payload_bytes(n) + n + SPACE_MARGIN, path, "write")
+            arrays[name] = arr
+        nbytes = sum(sum(r.nbytes for r in a) if self.payloads[k].ragged else a.nbytes for k, a in arrays.items())
+        self._check_space(nbytes + n + SPACE_MARGIN, path, "write")
         try:
             with h5py.File(tmp, "w") as f:
                 for name, arr in arrays.items():
-                    f.create_dataset(name, data=arr)
+                    f.create_dataset(name, data=arr, dtype=self.payloads[name].h5_dtype())
                 f.create_dataset("valid", data=valid)
             os.replace(tmp, path)
         except OSError as e:
@@ -231,11 +246,11 @@ class CacheWriter:
             with h5py.File(self._part_path(start, stop), "r") as part:
                 skipped += [self.tokens[start + i] for i in np.flatnonzero(~part["valid"][()])]
         tokens_bytes = sum(len(t.encode()) + 16 for t in self.tokens)
-        self._check_space(self._payload_bytes(n) + tokens_bytes + 64 * n + SPACE_MARGIN, self.out, "assemble")
+        self._check_space(self._assembled_bytes() + tokens_bytes + 64 * n + SPACE_MARGIN, self.out, "assemble")
         job = {
             "tmp": str(tmp), "tokens": self.tokens, "parent": os.getpid(),
             "blocks": [[s, e, str(self._part_path(s, e))] for s, e in self._blocks()],
-            "payloads": {k: [list(p.shape), p.dtype] for k, p in self.payloads.items()},
+            "payloads": {k: [list(p.shape), p.dtype, p.ragged] for k, p in self.payloads.items()},
             "attrs": {k: _encode(v) for k, v in self.spec.items()} | {"spec": _spec_json(self.spec), "skipped": json.dumps(skipped)},
         }
         _assemble_in_helper(job, self.out)
@@ -274,15 +289,20 @@ def _assemble(job: dict) -> None:
     n = len(job["tokens"])
     with h5py.File(job["tmp"], "w") as f:
         f.create_dataset("tokens", data=np.array(job["tokens"], dtype=h5py.string_dtype()))
+        payloads = {name: Payload(tuple(shape), dtype, ragged) for name, (shape, dtype, ragged) in job["payloads"].items()}
         dsets = {
-            name: f.create_dataset(name, shape=(n, *shape), dtype=dtype, chunks=(1, *shape))
-            for name, (shape, dtype) in job["payloads"].items()
+            name: f.create_dataset(name, shape=(n, *p.shape), dtype=p.h5_dtype(), chunks=(1, *p.shape))
+            for name, p in payloads.items()
         }
         valid_all = f.create_dataset("valid", shape=(n,), dtype=bool)
         for start, stop, part_path in job["blocks"]:
             with h5py.File(part_path, "r") as part:
                 for name, d in dsets.items():
-                    d[start:stop] = part[name][()]
+                    if payloads[name].ragged:  # h5py broadcasts a block of equal-length rows wrongly
+                        for i, row in enumerate(part[name][()]):
+                            d[start + i] = row
+                    else:
+                        d[start:stop] = part[name][()]
                 valid_all[start:stop] = part["valid"][()]
         for k, v in job["attrs"].items():
             f.attrs[k] = v

@@ -60,7 +60,9 @@ def voxel_feature_targets(
         features: (B, S, Hp, Wp, C) teacher patch features per camera (any float dtype), cameras in
             ``occfeat.data.index.CAMERAS`` order, each computed from the whole stored image resized.
         K: (B, S, 3, 3) intrinsics at the STORED image size (``CameraFrame.K``), not an augmented input.
-        cam_T_ego: (B, S, 4, 4) key-frame ego frame → camera (``CameraFrame.cam_T_ego``).
+        cam_T_ego: (B, S, 4, 4) grid frame → camera: ``CameraFrame.cam_T_ego`` (key-frame ego → camera)
+            composed with the sample's reference frame, ``cam_T_ego_raw @ inv(ref_T_ego)`` (the dataset
+            item's ``cam_T_ego``), so the voxel centres of the frame R are projected.
         image_hw: stored image sizes, (B, S, 2) as (H, W), or one (H, W) for all cameras.
         grid: the occupancy's grid.
 

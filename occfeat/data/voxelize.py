@@ -1,14 +1,16 @@
-"""``occfeat voxelize``: LiDAR key frames (+ previous sweeps) → occupancy grids in a crash-safe HDF5 cache.
+"""``occfeat voxelize``: LiDAR key frames (+ previous sweeps) → the occupancy cache (crash-safe HDF5).
 
 Points of the key-frame sweep, and with ``sweeps > 1`` the previous sweeps moved through their own ego
 poses, are expressed in the **ego frame at the key-frame LiDAR timestamp**; returns on the ego body
-(:data:`occfeat.data.index.EGO_BOX`) are dropped; a numba kernel marks the occupied voxels of the
-:class:`~occfeat.grid.BevGrid` (paper §3.2). The cache is written through
-:class:`occfeat.data.store.CacheWriter` (resumable, idempotent, refuses another spec).
+(:data:`occfeat.data.index.EGO_BOX`) are dropped; the points any camera's reference frame can put on the
+:class:`~occfeat.grid.BevGrid` are stored (format 2, :mod:`occfeat.data.occupancy`), and the numba
+kernel marks the occupied voxels (paper §3.2) when a sample is read, in the frame the training sample
+drew. The cache is written through :class:`occfeat.data.store.CacheWriter` (resumable, idempotent,
+refuses another spec).
 
 Parallelism: the main process walks the devkit index and turns each sample into a :class:`SweepJob`
 (plain paths and 4x4 matrices - a :class:`SampleRecord` would drag the whole devkit index into every
-pickle); worker processes read, transform, voxelize and pack.
+pickle); worker processes read, transform, drop the ego body and crop.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from occfeat import __version__
 from occfeat.data.index import EGO_BOX, LIDAR, POINT_BYTES, SampleIndex, SampleRecord, read_points
-from occfeat.data.occupancy import KIND, PACKING, transform_drop_box, voxelize_points, voxelize_points_packed
+from occfeat.data.occupancy import FORMAT, KIND, crop_to_reference_grids, transform_drop_box, voxelize_points
 from occfeat.data.store import CacheWriter, Payload
 from occfeat.errors import OccfeatError
 from occfeat.geometry import invert_rigid
@@ -44,7 +46,7 @@ class VoxelizeConfig:
     workers: int = 0
     """Worker processes that read, transform and voxelize; 0 = all in the main process."""
     block_size: int = 64
-    """Samples per crash-safe block: a kill loses at most one block of work (64 x 40 KB packed)."""
+    """Samples per crash-safe block: a kill loses at most one block of work (64 x ~0.4 MB of points)."""
     skip_bad: bool = False
     """Skip samples with a missing/truncated LiDAR file or missing pose instead of stopping."""
 
@@ -57,6 +59,7 @@ class SweepJob:
     paths: tuple[str, ...]
     key_T_lidar: tuple[np.ndarray, ...]  # (4, 4) each: sensor → key-frame ego
     own_T_lidar: tuple[np.ndarray, ...]  # (4, 4) each: sensor → the sweep's own ego frame
+    cam_T_ego: np.ndarray  # (S, 4, 4) the key frame's cameras, CAMERAS order: their reference frames bound the crop
 
 
 @dataclass
@@ -94,6 +97,7 @@ def sweep_job(rec: SampleRecord, sweeps: int = 1) -> SweepJob:
         paths=tuple(str(s.path) for s in sw),
         key_T_lidar=tuple(s.ego_T_lidar for s in sw),
         own_T_lidar=tuple(rec.lidar.ego_T_lidar for _ in sw),
+        cam_T_ego=np.stack([c.cam_T_ego for c in rec.cameras]),
     )
 
 
@@ -137,13 +141,13 @@ def _init_worker(grid: BevGrid, parent_pid: int) -> None:
 
 
 def _voxelize_job(job: SweepJob, grid: BevGrid | None = None) -> tuple[np.ndarray, int] | OccfeatError:
-    """(packed (X, Y, ceil(Z/8)) uint8, number of points) for one job, or the OccfeatError it raised
-    (returned, not raised, so the main process decides between stopping and --skip-bad)."""
+    """(the points to store (M, 3) float32, number of points read) for one job, or the OccfeatError it
+    raised (returned, not raised, so the main process decides between stopping and --skip-bad)."""
     try:
         pts = job_points(job)
     except OccfeatError as e:
         return OccfeatError(f"sample {job.token}: {e}")
-    return voxelize_points_packed(pts, grid or _GRID), len(pts)
+    return crop_to_reference_grids(pts, grid or _GRID, job.cam_T_ego), len(pts)
 
 
 # ---- the stage ----
@@ -162,8 +166,9 @@ def occupancy_spec(grid: BevGrid, sweeps: int, version: str, split: str | None, 
         "split": split or "all",
         "dataroot": str(Path(dataroot).resolve()),
         "ego_box": [list(b) for b in EGO_BOX],
-        **PACKING,
-        "unpacked_shape": list(grid.shape),
+        "format": FORMAT,
+        "payload": "points",
+        "crop": "reference-grids",
         "occfeat_version": __version__,
     }
 
@@ -195,12 +200,11 @@ def build_occupancy(
     t0 = time.perf_counter()
     index = index or SampleIndex(dataroot, version, split)
     out = Path(out)
-    packed_shape = (*grid.shape[:2], (grid.shape[2] + 7) // 8)
     writer = CacheWriter(
         out,
         index.tokens,
         occupancy_spec(grid, sweeps, version, split, dataroot),
-        {"occupancy": Payload(packed_shape, "uint8")},
+        {"points": Payload((), "float32", ragged=True)},
         block_size,
     )
     summary = VoxelizeSummary(out=out, samples=len(index.tokens), already_complete=writer.complete)
@@ -223,7 +227,7 @@ def build_occupancy(
         return jobs
 
     def finish_block(start: int, stop: int, results) -> None:
-        rows = np.zeros((stop - start, *packed_shape), np.uint8)
+        rows = [np.zeros((0, 3), np.float32)] * (stop - start)
         valid = np.ones(stop - start, bool)
         for i, (tok, res) in enumerate(zip(index.tokens[start:stop], results)):
             if isinstance(res, OccfeatError):
@@ -234,7 +238,7 @@ def build_occupancy(
             else:
                 rows[i], n = res
                 summary.points += n
-        writer.write_block(start, stop, {"occupancy": rows}, valid)
+        writer.write_block(start, stop, {"points": rows}, valid)
         summary.written += stop - start
         bar.update(stop - start)
 

@@ -9,7 +9,10 @@ softmax weighting (no custom CUDA ops, no mmcv).
   projected into every camera; learned offsets around each projected anchor, learned weights, averaged
   over the cameras that see any anchor of the pillar. Like BEVFormer, each camera only processes the
   queries it sees (gathered, then scattered back), which saves most of the memory;
-- the same ResNet-18 BEV decoder as SimpleBEV → F_B (B, N_B, X, Y).
+- the same ResNet-18 BEV decoder as SimpleBEV → F_B (B, N_B, X, Y);
+- Simple-BEV's flips (:mod:`occfeat.models.flips`) when the batch carries their flags: images flipped
+  around the encoder; the BEV flipped after the transformer and back after the decoder
+  (simple_bev bevformernet.py:489-495, 550-557).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from occfeat.grid import BevGrid
 from occfeat.models.base import BevNetwork, NetworkConfig, unpack_batch
 from occfeat.models.decoder import BevDecoder
 from occfeat.models.encoder import ImageEncoder
+from occfeat.models.flips import encode_with_flips, flip_bev
 from occfeat.models.lift import project_to_feature_map
 
 
@@ -226,10 +230,11 @@ class BevFormer(BevNetwork):
         images, K, cam_T_ego = unpack_batch(batch)
         B = images.shape[0]
         X, Y, _ = self.grid.shape
-        feats = self.encoder(images)  # (B, S, C_img, Hf, Wf)
+        feats = encode_with_flips(self.encoder, images, batch.get("flip_image"))  # (B, S, C_img, Hf, Wf)
         views, count = self.camera_views(K, cam_T_ego, tuple(images.shape[-2:]), tuple(feats.shape[-2:]))
         q = self.queries.expand(B, -1, -1)
         for layer in self.layers:
             q = layer(q, self.pos, self.ref, (X, Y), feats, views, count)
         bev = q.transpose(1, 2).reshape(B, self.bev_channels, X, Y)
-        return self.decoder(bev)
+        flips = batch.get("flip_bev")
+        return flip_bev(self.decoder(flip_bev(bev, flips)), flips)  # back in the grid's frame before any head

@@ -1,5 +1,9 @@
 """SimpleBEV (Harley et al., ICRA 2023; paper §3.1, §4.1): image encoder → parameter-free voxel lift →
-BEV compressor over the height axis → ResNet-18 BEV decoder → F_B (B, N_B, X, Y)."""
+BEV compressor over the height axis → ResNet-18 BEV decoder → F_B (B, N_B, X, Y).
+
+Simple-BEV's flip augmentations (:mod:`occfeat.models.flips`) run here when the batch carries their
+flags: images flipped around the encoder, the 3D volume flipped before the compressor and F_B flipped
+back after the decoder (simple_bev segnet.py:401-407, 430-434, 137-140)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from occfeat.grid import BevGrid
 from occfeat.models.base import BevNetwork, NetworkConfig, unpack_batch
 from occfeat.models.decoder import BevDecoder
 from occfeat.models.encoder import ImageEncoder
+from occfeat.models.flips import encode_with_flips, flip_bev
 from occfeat.models.lift import VoxelLift
 
 
@@ -36,7 +41,8 @@ class SimpleBev(BevNetwork):
     def forward_bev(self, batch: dict) -> torch.Tensor:
         """batch (see occfeat.models.base) → F_B (B, N_B, X, Y)."""
         images, K, cam_T_ego = unpack_batch(batch)
-        feats = self.encoder(images)  # (B, S, C, Hf, Wf)
+        feats = encode_with_flips(self.encoder, images, batch.get("flip_image"))  # (B, S, C, Hf, Wf)
         volume = self.lift(feats, K, cam_T_ego, tuple(images.shape[-2:]))  # (B, C, Z, X, Y)
-        bev = self.compress(volume.flatten(1, 2))
-        return self.decoder(bev)
+        flips = batch.get("flip_bev")
+        bev = self.compress(flip_bev(volume, flips).flatten(1, 2))
+        return flip_bev(self.decoder(bev), flips)  # back in the grid's frame before any head

@@ -64,7 +64,8 @@ class FinetuneConfig:
     """(H, W) of the camera images fed to the network."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**FINETUNE_OPTIM, **FRACTION_DEFAULTS[1.0]))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    """Simple-BEV's random resize + crop jitter on the training images (never on evaluation)."""
+    """Simple-BEV's augmentations on the training samples (never on evaluation): resize + crop, image / BEV
+    flips and the random reference camera, whose ground truth is drawn exactly in the drawn frame R."""
     gt: GtConfig = field(default_factory=GtConfig)
     eval_every: int = 0
     """Also evaluate on the val split every this many epochs (0: only after training)."""

@@ -43,7 +43,8 @@ class PretrainConfig:
     input_size: tuple[int, int] = (224, 400)
     """(H, W) of the camera images the network sees (paper: 224 x 400)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    """Simple-BEV's random resize + crop jitter."""
+    """Simple-BEV's augmentations (resize + crop, image and BEV flips, random reference camera) and the
+    resize mode; the occupancy and teacher-feature targets are exact in the drawn reference frame."""
     loss: str = "both"
     """"both" (OccFeat), "occ" (occupancy only) or "feat" (distillation only): Table 3."""
     lam: float = 0.01
