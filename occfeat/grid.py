@@ -1,7 +1,9 @@
 """The BEV / voxel grid: the one home of bounds, voxel size and shape.
 
 Frame: the **ego frame at the LiDAR key-frame timestamp** (x forward, y left, z up; Occ3D/BEVFusion
-convention). Index ``[ix, iy, iz]`` counts from the minimum bound; cells are half-open
+convention) at evaluation. While training, Simple-BEV's random reference camera moves the grid into a frame
+R drawn per sample (``ref_T_ego``, :func:`occfeat.geometry.reference_frame`); every target is computed
+exactly in R, and the networks receive ``cam_T_ego`` already composed with it. Index ``[ix, iy, iz]`` counts from the minimum bound; cells are half-open
 ``[min + i*size, min + (i+1)*size)``.
 
 Tensor layouts used everywhere in occfeat (stated once, here):
