@@ -31,6 +31,15 @@ def resume_advice(kwargs: dict) -> str:
     return "rerun the same command with --resume added to continue from the last checkpoint"
 
 
+def close_progress_bars() -> None:
+    """Close every live tqdm bar, so the line printed next stands alone: a bar left open ends its line
+    without a newline, and would be drawn again below the message when it is garbage-collected."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def one_line_errors(fn=None, *, on_interrupt: Callable[[dict], str] = rerun_advice):
     """Turn an :class:`OccfeatError` into ``error: <message>`` on stderr and exit status 2.
 
@@ -45,10 +54,12 @@ def one_line_errors(fn=None, *, on_interrupt: Callable[[dict], str] = rerun_advi
         try:
             return fn(*args, **kwargs)
         except OccfeatError as e:
+            close_progress_bars()
             print(f"error: {e}", file=sys.stderr)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            print(f"\ninterrupted: {on_interrupt(kwargs)}", file=sys.stderr)  # own line, below any progress bar
+            close_progress_bars()
+            print(f"interrupted: {on_interrupt(kwargs)}", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper

@@ -321,3 +321,29 @@ def test_ctrl_c_says_how_to_continue(tmp_path, monkeypatch):
     monkeypatch.setattr("occfeat.report.write_report", interrupted)
     res = cli("report", tmp_path / "started", "--out", tmp_path / "r")
     assert res.exit_code == 130 and "interrupted: rerun the same command to continue" in res.output
+
+
+@pytest.mark.parametrize("raised", [OccfeatError("the disk is full; free space"), KeyboardInterrupt()])
+def test_error_line_stands_alone_after_a_progress_bar(raised, capsys):
+    """A failure in the middle of a progress bar: the message starts its own line, and the bar is not
+    drawn again below it (it used to be, when the unclosed bar was garbage-collected at exit)."""
+    import sys
+
+    import typer
+    from tqdm import tqdm
+
+    from cli.common import one_line_errors
+
+    @one_line_errors
+    def command():
+        bar = tqdm(total=10, file=sys.stderr, ascii=True, mininterval=0)
+        bar.update(3)
+        raise raised
+
+    with pytest.raises(typer.Exit):
+        command()
+    err = capsys.readouterr().err
+    lines = err.replace("\r", "\n").splitlines()
+    message = [i for i, line in enumerate(lines) if line.startswith(("error: ", "interrupted: "))]
+    assert message, err
+    assert message[-1] == len(lines) - 1, f"something was drawn after the message: {err!r}"
