@@ -25,12 +25,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 VERSION = "v1.0-mini"
 SPLIT = "all"
 PRE = REPO / "recipes/pretrain/synthetic-tiny.yaml"
 FT = REPO / "recipes/finetune/synthetic-tiny.yaml"
 TINY = ["train.epochs=1", "train.num_workers=0"]
+
+
+def tiny_grid_json() -> str:
+    """The grid of the tiny pretraining recipe, so the occupancy cache matches what pretrain expects."""
+    from occfeat.config import load_config
+    from occfeat.train.pretrain import PretrainConfig
+
+    return load_config(PretrainConfig, PRE).grid.to_json()
 
 
 def cli(*args: str) -> list[str]:
@@ -50,7 +60,7 @@ def stage_commands(w: Path) -> dict[str, callable]:
                                     "--grid", grid, "--block-size", 1, "--no-progress"),
         "extract": lambda out: cli("extract", "--dataroot", root, "--version", VERSION, "--split", SPLIT, "--out", out,
                                    "--teacher", "vit_small_patch14_dinov2.lvd142m", "--random-teacher", "--input-size", "28x56",
-                                   "--batch-size", 6, "--device", "cpu", "--block-samples", 1),
+                                   "--batch-size", 6, "--device", "cpu"),
         "pretrain": lambda out: cli("pretrain", "--recipe", PRE, "--dataroot", root, "--version", VERSION, "--split", SPLIT,
                                     "--occupancy", w / "ref-occ.h5", "--features", w / "ref-feat.h5", "--out", out, *TINY),
         "finetune": lambda out: cli("finetune", "--recipe", FT, "--dataroot", root, "--version", VERSION, "--task", "vehicle",
@@ -72,12 +82,16 @@ def fingerprint(path: Path) -> str:
 
         with h5py.File(path, "r") as f:
             for k in sorted(f):
-                h.update(k.encode() + f[k][()].tobytes())
+                data = f[k][()]
+                if data.dtype == object:  # variable-length rows (the occupancy points): hash each row's bytes
+                    h.update(k.encode() + b"".join(np.asarray(r).tobytes() for r in data))
+                else:
+                    h.update(k.encode() + data.tobytes())
             h.update(str(f.attrs["spec"]).encode())
     elif (path / "checkpoints").is_dir():
         import torch
 
-        ck = torch.load(path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+        ck = torch.load(path / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
 
         def walk(x, key=""):
             if isinstance(x, torch.Tensor):
@@ -129,7 +143,7 @@ def kill_trial(cmd_of, out: Path, ref_seconds: float, rng: random.Random, resuma
 
 def kill_trials(w: Path, n: int, rng: random.Random) -> list[tuple]:
     cmds, rows = stage_commands(w), []
-    (w / "grid.json").write_text(json.dumps({"bounds": [[-25.0, 25.0], [-25.0, 25.0], [-3.5, 6.5]], "shape": [50, 50, 8]}))
+    (w / "grid.json").write_text(tiny_grid_json())
     for stage, cmd_of in cmds.items():
         ref = w / REF_NAME[stage]
         clear(ref)
