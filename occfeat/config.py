@@ -4,6 +4,17 @@ Dataclasses (defined next to the code they configure) are the one home of every 
 a short YAML *delta* over those defaults; ``base: other.yaml`` (relative to the recipe) chains recipes,
 and ``key.sub=value`` overrides from the command line go last. Unknown keys are errors, so a typo
 never silently falls back to a default.
+
+Two kinds of fields choose their dataclass from the data (see :class:`Variants`):
+
+- a field typed by a base class with a ``variant_key`` (``network: NetworkConfig``, key ``arch``): the
+  key's value picks the subclass (``network: {arch: bevformer}`` gives a ``BevFormerConfig``), carrying
+  over the fields both classes share;
+- a ``dict[str, Base]`` field whose base has variants (``objectives: dict[str, ObjectiveConfig]``): each
+  name picks its class, a mapping merges into the entry of that name, ``null`` removes it.
+
+Saved configs are read back through the same merge (:func:`resolve_saved`), so a config written before a
+defaulted field existed resolves to today's dataclass and compares equal.
 """
 
 from __future__ import annotations
@@ -72,15 +83,75 @@ _SCALARS = {
 }
 
 
+class Variants:
+    """Mixin for a config base class whose concrete dataclass is chosen by name.
+
+    ``variants()`` maps each name to its dataclass (it may import lazily, so the registry lives next to
+    the code it configures); ``variant_key`` names the field that holds the name when the config is a
+    plain field (``arch`` for networks); a ``dict[str, Base]`` field uses its keys instead.
+    """
+
+    variant_key: typing.ClassVar[str | None] = None
+
+    @classmethod
+    def variants(cls) -> dict[str, type]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @classmethod
+    def variant(cls, name, where: str) -> type:
+        known = cls.variants()
+        if name not in known:
+            raise OccfeatError(f"{where}: unknown {cls.variant_key or 'name'} '{name}' (known: {', '.join(sorted(known))})")
+        return known[name]
+
+
+def _is_variant_base(t) -> bool:
+    return isinstance(t, type) and issubclass(t, Variants)
+
+
+def _switch_variant(current, name, where: str):
+    """``current`` turned into the variant ``name``: a default instance of that class with the fields both share copied over."""
+    cls = type(current).variant(name, where)
+    if type(current) is cls:
+        return current
+    shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(current)}
+    return dataclasses.replace(cls(), **{k: getattr(current, k) for k in shared if k != current.variant_key})
+
+
+def _merge_variant_dict(current: dict, delta, base: type, where: str) -> dict:
+    if not isinstance(delta, dict):
+        raise OccfeatError(f"{where}: expected a mapping of names to settings (known names: {', '.join(sorted(base.variants()))}), got {delta!r}")
+    out = dict(current)
+    for name, value in delta.items():
+        if value is None:
+            out.pop(name, None)
+            continue
+        cls = base.variant(name, where)
+        if value is True:
+            value = {}
+        if not isinstance(value, dict):
+            raise OccfeatError(f"{where}.{name}: expected a mapping of settings (or null to remove it), got {value!r}")
+        out[name] = merge(out.get(name) or cls(), value, f"{where}.{name}")
+    return out
+
+
 def merge(cfg: C, delta: dict, where: str = "config") -> C:
     """A copy of dataclass ``cfg`` with ``delta`` (nested dict) applied; unknown keys are errors."""
+    if not isinstance(delta, dict):
+        raise OccfeatError(f"{where}: expected a mapping, got {delta!r}")
+    key = getattr(cfg, "variant_key", None)
+    if key is not None and key in delta:  # the variant first, so its own fields are known below
+        cfg = _switch_variant(cfg, delta[key], f"{where}.{key}")
     types_ = _field_types(type(cfg))
     changes = {}
     for key, value in delta.items():
         if key not in types_:
             raise OccfeatError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(types_))})")
         current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        args = typing.get_args(types_[key])
+        if typing.get_origin(types_[key]) is dict and len(args) == 2 and _is_variant_base(args[1]):
+            changes[key] = _merge_variant_dict(current, value, args[1], f"{where}.{key}")
+        elif dataclasses.is_dataclass(current) and isinstance(value, dict):
             changes[key] = merge(current, value, f"{where}.{key}")
         else:
             changes[key] = _coerce(value, types_[key], f"{where}.{key}")
@@ -151,6 +222,15 @@ def load_config(cls: type[C], recipe: str | Path | None = None, overrides: list[
         delta = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
         cfg = merge(cfg, delta, where="override")
     return cfg
+
+
+def resolve_saved(cls: type[C], saved: dict, where: str, upgrade=None) -> C:
+    """A config saved by an earlier run (``config.yaml``, a checkpoint), re-resolved through today's
+    dataclass: today's defaults ← ``upgrade(saved)`` (renames from older schemas, see the owner's
+    ``upgrade`` function). A field added since then takes its default, so the saved run still compares
+    equal to the same recipe resolved today."""
+    delta = upgrade(saved) if upgrade is not None else saved
+    return merge(cls(), delta, where=where)
 
 
 def to_dict(cfg) -> dict:
