@@ -230,7 +230,27 @@ def resolve_saved(cls: type[C], saved: dict, where: str, upgrade=None) -> C:
     ``upgrade`` function). A field added since then takes its default, so the saved run still compares
     equal to the same recipe resolved today."""
     delta = upgrade(saved) if upgrade is not None else saved
-    return merge(cls(), delta, where=where)
+    default = cls()
+    return merge(default, _complete(default, delta), where=where)
+
+
+def _complete(cfg, saved: dict) -> dict:
+    """A saved config is whole, not a delta: a named entry of a ``dict[str, Base]`` field that the saved
+    dict lacks was removed (``null``), not left at today's default."""
+    if not isinstance(saved, dict) or not dataclasses.is_dataclass(cfg):
+        return saved
+    types_ = _field_types(type(cfg))
+    out = dict(saved)
+    for key, value in saved.items():
+        if key not in types_:
+            continue
+        args = typing.get_args(types_[key])
+        current = getattr(cfg, key)
+        if typing.get_origin(types_[key]) is dict and len(args) == 2 and _is_variant_base(args[1]) and isinstance(value, dict):
+            out[key] = {**{name: None for name in current if name not in value}, **value}
+        elif dataclasses.is_dataclass(current):
+            out[key] = _complete(current, value)
+    return out
 
 
 def to_dict(cfg) -> dict:

@@ -1,7 +1,8 @@
 """OccFeat losses (paper §3.2-3.3, eqs. 1-3) and the downstream segmentation losses.
 
-The terms are pure functions you can test alone; :class:`OccFeatLoss` combines them per the Table 3
-modes, :class:`VehicleSegLoss` (Simple-BEV's objective) and :class:`MapSegLoss` for finetuning. Layouts follow occfeat.grid: occupancy targets (B, X, Y, Z), head logits (B, Z, X, Y).
+The terms are pure functions you can test alone; the pretraining objectives (:mod:`occfeat.objectives`)
+call them and weight them, :class:`VehicleSegLoss` (Simple-BEV's objective) and :class:`MapSegLoss`
+combine the finetuning ones. Layouts follow occfeat.grid: occupancy targets (B, X, Y, Z), head logits (B, Z, X, Y).
 """
 
 from __future__ import annotations
@@ -11,9 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from occfeat.errors import OccfeatError
-
-MODES = ("both", "occ", "feat")
-
 
 def occupancy_loss(occ_logits: torch.Tensor, occupancy: torch.Tensor) -> torch.Tensor:
     """Eq. 2: L_occ = mean over ALL voxels of BCE(sigmoid(logit), O).
@@ -39,55 +37,6 @@ def feature_distillation_loss(pred: torch.Tensor, target: torch.Tensor, valid: t
     cos = F.cosine_similarity(pred.float(), target.float(), dim=-1, eps=1e-8)
     v = valid.to(cos.dtype)
     return -(cos * v).sum() / v.sum().clamp(min=1.0)
-
-
-class OccFeatLoss(nn.Module):
-    """Eq. 1: L = L_occ + λ·L_feat (λ = 0.01 in the paper, Table 4 sweeps it).
-
-    mode "both" | "occ" | "feat" selects the terms (Table 3). forward returns (total, terms) with terms
-    {"loss", "loss_occ", "loss_feat"} detached for logging; a term that is off and not given reads 0.
-    """
-
-    def __init__(self, mode: str = "both", lam: float = 0.01):
-        super().__init__()
-        if mode not in MODES:
-            raise OccfeatError(f"loss mode '{mode}' unknown; choose one of {', '.join(MODES)}")
-        if not lam >= 0:
-            raise OccfeatError(f"loss weight lambda={lam} must be >= 0")
-        self.mode, self.lam = mode, float(lam)
-        self.use_occ, self.use_feat = mode in ("both", "occ"), mode in ("both", "feat")
-
-    def forward(
-        self,
-        occ_logits: torch.Tensor | None = None,
-        occupancy: torch.Tensor | None = None,
-        pred_feats: torch.Tensor | None = None,
-        target_feats: torch.Tensor | None = None,
-        valid: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """occ_logits (B, Z, X, Y), occupancy (B, X, Y, Z); pred_feats/target_feats (M, N_y), valid (M,)."""
-        l_occ = l_feat = None
-        if occ_logits is not None and occupancy is not None:
-            l_occ = occupancy_loss(occ_logits, occupancy)
-        elif self.use_occ:
-            raise OccfeatError(f"loss mode '{self.mode}' needs occ_logits and occupancy")
-        if pred_feats is not None and target_feats is not None and valid is not None:
-            l_feat = feature_distillation_loss(pred_feats, target_feats, valid)
-        elif self.use_feat:
-            raise OccfeatError(f"loss mode '{self.mode}' needs pred_feats, target_feats and valid")
-        if self.mode == "occ":
-            total = l_occ
-        elif self.mode == "feat":
-            total = l_feat
-        else:
-            total = l_occ + self.lam * l_feat
-        zero = total.detach() * 0
-        terms = {
-            "loss": total.detach(),
-            "loss_occ": l_occ.detach() if l_occ is not None else zero,
-            "loss_feat": l_feat.detach() if l_feat is not None else zero,
-        }
-        return total, terms
 
 
 def segmentation_loss(

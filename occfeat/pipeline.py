@@ -11,10 +11,10 @@ idempotent: rerunning the same command skips what is finished and resumes what w
 Output layout (``--out DIR``)::
 
     dataroot/                  the synthetic nuScenes-format world
-    grid.json                  the grid every cache and run uses (from the pretrain recipe)
+    grid.json                  the grid every cache and run uses (the recipes' one grid)
     caches/occupancy.h5        voxelize
     caches/features.h5         extract (random-init teacher unless weights are given: stamped)
-    pretrain/<name>/           one pretraining run per pretraining (occ, feat, occfeat, ...)
+    pretrain/<name>/           one pretraining run per pretrain recipe (named after the recipe file)
     finetune/<task>-<name>-f<fraction>-s<seed>/   finetune runs (metrics.json each)
     finetune/gt-cache/         ground truth, shared by the finetune runs
     report/                    table.md, table.csv, plots
@@ -36,11 +36,10 @@ from occfeat.data.synth import SynthConfig
 from occfeat.errors import OccfeatError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-# A pretraining's name → the pretrain recipe's loss mode (Table 3). "none" = no pretraining (ImageNet
-# or random-init backbone only: the paper's "None" row).
 # Labelled subsets smaller than this are loaded in the main process (see _finetune_schedule).
 SMALL_SUBSET = 16
-PRETRAININGS = {"none": None, "occ": "occ", "feat": "feat", "occfeat": "both"}
+# The pretraining that is none: the backbone from ImageNet (or random-init) weights only, the paper's "None" row.
+NONE = "none"
 
 
 @dataclass
@@ -60,11 +59,13 @@ class StudyConfig:
     """DINOv2 weights file; None with random_teacher=False means the HF cache."""
     random_teacher: bool = True
     """Random-init teacher (no weights can be downloaded on CPU demo machines); stamped everywhere."""
-    pretrain_recipe: str = "pretrain/synthetic-tiny.yaml"
-    """Relative to recipes/ (or absolute)."""
+    pretrainings: tuple[str, ...] = ("none", "pretrain/synthetic-tiny.yaml")
+    """The rows to compare: "none" (no BEV pretraining) and pretrain recipes (relative to recipes/, or
+    paths), e.g. pretrain/synthetic-tiny.yaml (OccFeat), pretrain/synthetic-occ.yaml (Table 3's L_occ
+    only), pretrain/synthetic-img-also.yaml (Img-ALSO). Each recipe's objectives name its report row;
+    run dirs are named after the recipe file. All must use one grid (the caches are built once)."""
     pretrain_overrides: list[str] = field(default_factory=list)
-    pretrainings: tuple[str, ...] = ("none", "occfeat")
-    """Which rows to compare: any of none, occ, feat, occfeat."""
+    """key=value overrides applied to every pretrain recipe (e.g. train.epochs=4)."""
     finetune_recipe: str = "finetune/synthetic-tiny.yaml"
     finetune_overrides: list[str] = field(default_factory=list)
     tasks: tuple[str, ...] = ("vehicle",)
@@ -134,6 +135,28 @@ def run_name(task: str, pretraining: str, fraction: float, seed: int) -> str:
     return f"{task}-{pretraining}-f{fraction:g}-s{seed}"
 
 
+def pretraining_name(entry: str) -> str:
+    """The run-dir name of a study's pretraining: "none", or its recipe's file name without .yaml."""
+    return NONE if entry == NONE else Path(entry).stem
+
+
+def load_pretrainings(cfg: StudyConfig, finetune_grid):
+    """{name: resolved PretrainConfig or None}, and the one grid every cache and run uses."""
+    from occfeat.train.pretrain import PretrainConfig
+
+    configs = {}
+    for entry in cfg.pretrainings:
+        name = pretraining_name(entry)
+        if name in configs:
+            raise OccfeatError(f"the study lists two pretrainings named '{name}'; give the recipes distinct file names")
+        configs[name] = None if entry == NONE else load_config(PretrainConfig, recipe_path(entry), cfg.pretrain_overrides)
+    for name, pcfg in configs.items():
+        if pcfg is not None and pcfg.grid != finetune_grid:
+            raise OccfeatError(f"pretraining '{name}' uses grid {pcfg.grid.spec()} but the finetune recipe uses {finetune_grid.spec()}; "
+                               "a study builds one set of caches: use one grid")  # fmt: skip
+    return configs
+
+
 def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = True) -> dict:
     """Run (or resume) the whole study into ``out``; returns the report dict of occfeat.report."""
     from rich.console import Console
@@ -143,13 +166,16 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     from occfeat.data.voxelize import build_occupancy
     from occfeat.report import write_report
     from occfeat.train.finetune import resolve_config, run_finetune
-    from occfeat.train.pretrain import PretrainConfig, pretrain
+    from occfeat.train.pretrain import pretrain
+
+    from occfeat.objectives import registry
 
     console = console or Console(stderr=True)
     out = Path(out)
-    for p in cfg.pretrainings:
-        if p not in PRETRAININGS:
-            raise OccfeatError(f"unknown pretraining '{p}' in the study; use any of {', '.join(PRETRAININGS)}")
+    ft_recipe = recipe_path(cfg.finetune_recipe)
+    grid = resolve_config(ft_recipe, cfg.tasks[0] if cfg.tasks else "vehicle", 1.0, cfg.finetune_overrides).grid
+    pretrainings = load_pretrainings(cfg, grid)
+    sources = {s for p in pretrainings.values() if p is not None for name in p.objectives for s in registry()[name].sources}
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "pipeline.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {}
@@ -170,44 +196,44 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     _stage(console, "1/6 synth: a nuScenes-format world")
     timed("synth", lambda: _ensure_dataroot(cfg, root, console))
 
-    pre_recipe = recipe_path(cfg.pretrain_recipe)
-    base_pre = load_config(PretrainConfig, pre_recipe, cfg.pretrain_overrides)
-    grid = base_pre.grid
     (out / "grid.json").write_text(grid.to_json())
     index = SampleIndex(root, version, cfg.train_split)
 
     _stage(console, "2/6 voxelize: LiDAR → occupancy")
-    occ = out / "caches" / "occupancy.h5"
-    timed("voxelize", lambda: build_occupancy(root, version, cfg.train_split, occ, grid, index=index, progress=progress))
+    occ = out / "caches" / "occupancy.h5" if "occupancy" in sources else None
+    if occ is None:
+        console.print("no pretraining reads LiDAR: skipped")
+    else:
+        timed("voxelize", lambda: build_occupancy(root, version, cfg.train_split, occ, grid, index=index, progress=progress))
 
     _stage(console, "3/6 extract: teacher features" + (" (RANDOM-INIT teacher)" if cfg.random_teacher else ""))
-    feats = out / "caches" / "features.h5"
-    timed("extract", lambda: extract_features(
-        root, version, cfg.train_split, feats, teacher=cfg.teacher, weights=cfg.teacher_weights,
-        random_teacher=cfg.random_teacher, input_size=cfg.teacher_input, batch_size=12, index=index, progress=progress))
+    feats = out / "caches" / "features.h5" if "features" in sources else None
+    if feats is None:
+        console.print("no pretraining reads teacher features: skipped")
+    else:
+        timed("extract", lambda: extract_features(
+            root, version, cfg.train_split, feats, teacher=cfg.teacher, weights=cfg.teacher_weights,
+            random_teacher=cfg.random_teacher, input_size=cfg.teacher_input, batch_size=12, index=index, progress=progress))
 
-    _stage(console, "4/6 pretrain: BEV network + unsplat head")
+    _stage(console, "4/6 pretrain: BEV network + the objectives' heads")
     inits: dict[str, Path | None] = {}
-    for name in cfg.pretrainings:
-        mode = PRETRAININGS[name]
-        if mode is None:
+    for name, pcfg in pretrainings.items():
+        if pcfg is None:
             inits[name] = None
             continue
         run = out / "pretrain" / name
-        pcfg = merge(base_pre, {"loss": mode})
-        console.print(f"pretraining '{name}' (loss={mode}) → {run}")
+        console.print(f"pretraining '{name}' (objectives: {', '.join(f'{n} x{c.weight:g}' for n, c in pcfg.objectives.items())}) → {run}")
         timed(f"pretrain/{name}", lambda: pretrain(pcfg, root, version, occ, feats, run, split=cfg.train_split,
                                                     resume=_started(run)))
         inits[name] = run
 
     _stage(console, "5/6 finetune: BEV segmentation with few labels")
-    ft_recipe = recipe_path(cfg.finetune_recipe)
     n_train = len(index)
     runs = []
     for task in cfg.tasks:
         for fraction in cfg.fractions:
             for seed in cfg.seeds:
-                for name in cfg.pretrainings:
+                for name in pretrainings:
                     run = out / "finetune" / run_name(task, name, fraction, seed)
                     runs.append(run)
                     if (run / "metrics.json").is_file():

@@ -38,7 +38,13 @@ ROW_KEYS = ["arch", "backbone", "input", "pretraining", "marks"]
 
 
 def pretraining_label(p: dict | None) -> str:
-    """Row label of a pretraining: "None", or e.g. "OccFeat (50 ep, λ=0.01)" / "Occ (100 ep)"."""
+    """Row label of a pretraining: "None", or e.g. "Occ+Feat (50 ep, λ=0.01)" / "Occ (100 ep)"."""
+    if p and "label" in p:
+        if p["label"] == NONE:
+            return NONE
+        parts = [f"{p['epochs']} ep"] if p.get("epochs") is not None else []
+        parts += [f"{'λ' if n == 'features' else n}={o['weight']:g}" for n, o in (p.get("objectives") or {}).items() if o.get("weight", 1.0) != 1.0]
+        return f"{p['label']} ({', '.join(parts)})" if parts else p["label"]
     if not p or p.get("mode") in (None, "none"):
         return NONE
     mode = p["mode"]

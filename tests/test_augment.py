@@ -12,7 +12,11 @@ from occfeat.data.occupancy import OccupancyReader, voxelize_points
 from occfeat.data.targets import voxel_feature_targets
 from occfeat.data.voxelize import sample_points_ego
 from occfeat.geometry import apply_4x4, invert_rigid, make_transform, reference_frame, yaw_matrix
-from occfeat.train.data import SIMPLE_BEV_REF_CAMERAS, AugmentConfig, CameraRig, PretrainDataset, camera_rig, draw_augmentation, sample_rng
+from occfeat.objectives import Sources
+from occfeat.objectives.features import TeacherMaps
+from occfeat.objectives.occupancy import OccupancyGrid
+from occfeat.train.data import SIMPLE_BEV_REF_CAMERAS, AugmentConfig, CameraRig, camera_rig, draw_augmentation, sample_rng
+from occfeat.train.pretrain_data import PretrainDataset
 from tests.fixtures.synth import TINY_VERSION
 
 # camera axes (x right, y down, z forward) in ego axes (x forward, y left, z up), as ego_T_cam rotations
@@ -71,7 +75,9 @@ def back_item(synth_root, occupancy_h5, features_h5, test_grid):
     index = SampleIndex(synth_root, TINY_VERSION, "all")
     rec = index.record(index.tokens[3])
     aug = AugmentConfig(ref_cameras=("CAM_BACK",))
-    ds = PretrainDataset([camera_rig(rec)], OccupancyReader(occupancy_h5, test_grid), FeatureReader(features_h5), (32, 56), aug, seed=0)
+    sources = Sources(test_grid, OccupancyReader(occupancy_h5, test_grid), FeatureReader(features_h5))
+    ds = PretrainDataset([camera_rig(rec)], sources, [OccupancyGrid(), TeacherMaps(), OccupancyGrid()], (32, 56), aug, seed=0)
+    assert len(ds.inputs) == 2  # an input two objectives share is computed once
     return ds[0], rec
 
 

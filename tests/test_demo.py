@@ -15,12 +15,12 @@ def test_demo_ci_preset_runs_every_stage_and_reruns_as_a_no_op(tmp_path):
     assert res.exit_code == 0, res.output[-3000:]
     cfg = load_study("studies/ci.yaml")
     for path in ["dataroot/occfeat_synth.json", "caches/occupancy.h5", "caches/features.h5",
-                 "pretrain/occfeat/checkpoints/last.pt", "report/table.md", "report/iou_vs_fraction.png", "pipeline.json"]:
+                 "pretrain/synthetic-tiny/checkpoints/last.pt", "report/table.md", "report/iou_vs_fraction.png", "pipeline.json"]:
         assert (out / path).is_file(), path
     runs = sorted(p.name for p in (out / "finetune").iterdir() if (p / "metrics.json").is_file())
     assert len(runs) == len(cfg.fractions) * len(cfg.pretrainings) * len(cfg.tasks) * len(cfg.seeds)
     table = pd.read_csv(out / "report" / "summary.csv", keep_default_na=False)
-    assert set(table["pretraining"].str.split().str[0]) == {"None", "OccFeat"}
+    assert set(table["pretraining"].str.split().str[0]) == {"None", "Occ+Feat"}
     assert table["mean"].between(0, 1).all() and len(table) == len(runs)
     md = (out / "report" / "table.md").read_text()
     assert "random" in md and "synthetic" in md  # random-init teacher/backbone and synthetic data are stamped
@@ -36,12 +36,12 @@ def test_demo_ci_preset_runs_every_stage_and_reruns_as_a_no_op(tmp_path):
     # killed during pretraining before its first checkpoint: the run dir exists without one; rerun resumes
     import shutil
 
-    shutil.rmtree(out / "pretrain" / "occfeat" / "checkpoints")
-    for run in (out / "finetune").glob("*-occfeat-*"):
+    shutil.rmtree(out / "pretrain" / "synthetic-tiny" / "checkpoints")
+    for run in (out / "finetune").glob("*-synthetic-tiny-*"):
         shutil.rmtree(run)
     res_k = CliRunner().invoke(app, ["demo", "--preset", "ci", "--out", str(out)])
     assert res_k.exit_code == 0, res_k.output[-3000:]
-    assert (out / "pretrain" / "occfeat" / "checkpoints" / "last.pt").is_file()
+    assert (out / "pretrain" / "synthetic-tiny" / "checkpoints" / "last.pt").is_file()
     assert sorted(p.name for p in (out / "finetune").iterdir() if (p / "metrics.json").is_file()) == runs
     # a bad preset is one line
     res3 = CliRunner().invoke(app, ["demo", "--preset", "huge", "--out", str(out)])

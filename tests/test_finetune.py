@@ -47,7 +47,7 @@ def test_paper_defaults_per_fraction_then_overrides():
 TINY = "recipes/finetune/synthetic-tiny.yaml"
 
 
-def _fake_pretrain_run(tmp_path, loss="both", **net_changes):
+def _fake_pretrain_run(tmp_path, objectives=None, **net_changes):
     """A pretraining run dir in the loop's checkpoint format (what `occfeat pretrain` writes), without training."""
     import dataclasses
     import json
@@ -59,15 +59,15 @@ def _fake_pretrain_run(tmp_path, loss="both", **net_changes):
     from occfeat.train.loop import CHECKPOINT_FORMAT, atomic_save
     from occfeat.train.pretrain import PretrainConfig
 
-    cfg = load_config(PretrainConfig, "recipes/pretrain/synthetic-tiny.yaml", {"loss": loss, "lam": 0.01})
+    cfg = load_config(PretrainConfig, "recipes/pretrain/synthetic-tiny.yaml", {"objectives": objectives or {}})
     cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, **net_changes))
     torch.manual_seed(123)
     net = build_network(cfg.network, cfg.grid)
-    run = tmp_path / f"pretrain-{loss}"
+    run = tmp_path / "pretrain"
     (run / "checkpoints").mkdir(parents=True)
     prov = {"backbone": net.provenance.as_dict(), "teacher": {"pretrained": False}, "random_init": True}
     atomic_save({"format": CHECKPOINT_FORMAT, "step": 1, "epoch": 1, "config": to_dict(cfg),
-                 "task": {"network": net.state_dict(), "head": {}, "provenance": prov}}, run / "checkpoints" / "last.pt")
+                 "task": {"network": net.state_dict(), "heads": {}, "provenance": prov}}, run / "checkpoints" / "last.pt")
     (run / "provenance.json").write_text(json.dumps(prov))
     return run, net
 
@@ -77,13 +77,14 @@ def test_init_loads_the_pretrained_network_and_stamps_its_identity(tmp_path):
 
     from occfeat.train.finetune import build_model
 
-    run, net = _fake_pretrain_run(tmp_path, loss="occ")
+    run, net = _fake_pretrain_run(tmp_path, objectives={"features": None})
     cfg = resolve_config(TINY, "map", 0.01)
     model, stamp = build_model(cfg, run)
     for k, v in net.state_dict().items():
         assert torch.equal(model.network.state_dict()[k], v), k
     assert model.head.net[-1].out_channels == 5
-    assert stamp["init"]["pretraining"] == {"mode": "occ", "lambda": 0.01, "epochs": 2}
+    want = {"label": "Occ", "objectives": {"occupancy": {"weight": 1.0}}, "epochs": 2, "run": str((run / "checkpoints" / "last.pt").resolve())}
+    assert stamp["init"]["pretraining"] == want
     assert stamp["provenance"]["teacher_random_init"] is True and stamp["provenance"]["backbone_random_init"] is True
 
 
@@ -122,7 +123,7 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
     assert m["step"] == 2 and m["task"] == "vehicle" and m["labelled_samples"] == 3
     assert 0.0 <= m["iou"]["vehicle"] <= 1.0 and m["union"]["vehicle"] > 0
     assert m["provenance"]["synthetic_data"] and m["provenance"]["backbone_random_init"]
-    assert m["pretraining"] == {"mode": "none"}
+    assert m["pretraining"] == {"label": "None", "objectives": {}, "epochs": None, "run": None}
     assert (tmp_path / "runs" / "gt-cache").is_dir()  # shared by sibling runs
     # Simple-BEV's objective: every term and learned weight logged; the weights (trained) and the
     # instance heads are in the checkpoint, outside the segmentation model that evaluation reads.

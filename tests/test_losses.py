@@ -9,7 +9,6 @@ import torch
 from occfeat.errors import OccfeatError
 from occfeat.losses import (
     MapSegLoss,
-    OccFeatLoss,
     VehicleSegLoss,
     balanced_mse_loss,
     feature_distillation_loss,
@@ -71,31 +70,6 @@ def _inputs():
 
 L_OCC = 1.5 * math.log(2.0)
 L_FEAT = -1 / math.sqrt(2)
-
-
-@pytest.mark.parametrize(
-    "mode,lam,expected",
-    [("both", 0.01, L_OCC + 0.01 * L_FEAT), ("both", 0.5, L_OCC + 0.5 * L_FEAT), ("occ", 0.01, L_OCC), ("feat", 0.01, L_FEAT)],
-)
-def test_occfeat_loss_modes_and_lambda(mode, lam, expected):
-    total, terms = OccFeatLoss(mode, lam)(*_inputs())
-    assert total.item() == pytest.approx(expected, rel=1e-6)
-    assert terms["loss"].item() == pytest.approx(expected, rel=1e-6)
-    assert terms["loss_occ"].item() == pytest.approx(L_OCC, rel=1e-6)
-    assert terms["loss_feat"].item() == pytest.approx(L_FEAT, rel=1e-6)
-    assert not terms["loss"].requires_grad
-
-
-def test_occfeat_loss_occ_mode_without_features_and_errors():
-    logits, occ, *_ = _inputs()
-    total, terms = OccFeatLoss("occ")(logits, occ)
-    assert total.item() == pytest.approx(L_OCC) and terms["loss_feat"].item() == 0.0
-    with pytest.raises(OccfeatError, match="needs pred_feats"):
-        OccFeatLoss("both")(logits, occ)
-    with pytest.raises(OccfeatError, match="unknown"):
-        OccFeatLoss("geometry")
-    with pytest.raises(OccfeatError, match=">= 0"):
-        OccFeatLoss("both", lam=-1.0)
 
 
 def test_segmentation_loss_mask_and_pos_weight():

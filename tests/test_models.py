@@ -7,7 +7,7 @@ from torch import nn
 
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
-from occfeat.models import NETWORKS, NetworkConfig, SegmentationHead, UnsplatHead, build_network
+from occfeat.models import NETWORKS, NetworkConfig, SegmentationHead, UnsplatDecoder, build_network, predict_at
 from occfeat.models.lift import VoxelLift
 
 # camera axes (x right, y down, z forward) from ego axes (x forward, y left, z up)
@@ -91,9 +91,12 @@ def test_bevformer_camera_visibility(test_grid):
     assert views[0].keep.sum() == count.sum()
 
 
-def test_unsplat_head_layers_exactly_as_paper():
+def test_unsplat_decoder_and_predictors_exactly_as_paper():
+    from occfeat.objectives.features import Features, FeaturesConfig
+    from occfeat.objectives.occupancy import Occupancy, OccupancyConfig
+
     nb, z, ny = 8, 4, 12
-    head = UnsplatHead(nb, z, ny)
+    head = UnsplatDecoder(nb, z)
     c1, norm, act, c2 = head.bev
     assert isinstance(c1, nn.Conv2d) and c1.kernel_size == (3, 3) and (c1.in_channels, c1.out_channels) == (nb, nb)
     assert isinstance(norm, nn.InstanceNorm2d) and isinstance(act, nn.ReLU)
@@ -102,15 +105,16 @@ def test_unsplat_head_layers_exactly_as_paper():
     assert isinstance(c3, nn.Conv3d) and c3.kernel_size == (1, 1, 1) and (c3.in_channels, c3.out_channels) == (nb, 2 * nb)
     assert isinstance(soft, nn.Softplus)
     assert isinstance(c4, nn.Conv3d) and c4.kernel_size == (1, 1, 1) and (c4.in_channels, c4.out_channels) == (2 * nb, nb)
-    for conv, cout in ((head.occupancy, 1), (head.features, ny)):
+    occ = Occupancy(OccupancyConfig(), None, nb).predictor
+    feat = Features(FeaturesConfig(feature_dim=ny), None, nb).predictor
+    for conv, cout in ((occ, 1), (feat, ny)):
         assert isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1) and (conv.in_channels, conv.out_channels) == (nb, cout)
-    out = head(torch.randn(2, nb, 5, 6))
-    assert out["occ_logits"].shape == (2, z, 5, 6) and out["volume"].shape == (2, nb, z, 5, 6)
+    assert head(torch.randn(2, nb, 5, 6)).shape == (2, nb, z, 5, 6)
 
 
 def test_unsplat_reshape_groups_channels_per_height_bin():
     nb, z = 3, 4
-    head = UnsplatHead(nb, z, 5)
+    head = UnsplatDecoder(nb, z)
     conv = head.bev[3]
     with torch.no_grad():  # output channel k = k everywhere
         conv.weight.zero_()
@@ -121,13 +125,13 @@ def test_unsplat_reshape_groups_channels_per_height_bin():
             assert torch.all(vol[0, c, zi] == zi * nb + c)  # group zi holds channels zi·N_B .. zi·N_B + N_B - 1
 
 
-def test_predict_features_equals_dense_conv():
+def test_predict_at_equals_dense_conv():
     torch.manual_seed(0)
-    head = UnsplatHead(8, 4, 12)
+    predictor = nn.Conv3d(8, 12, kernel_size=1)
     volume = torch.randn(2, 8, 4, 5, 6)
-    dense = head.features(volume)  # (B, N_y, Z, X, Y)
+    dense = predictor(volume)  # (B, N_y, Z, X, Y)
     idx = torch.stack([torch.randint(0, n, (30,)) for n in (2, 5, 6, 4)], 1)  # [b, x, y, z]
-    got = head.predict_features(volume, idx)
+    got = predict_at(predictor, volume, idx)
     b, x, y, zz = idx.unbind(1)
     assert got.shape == (30, 12)
     assert torch.allclose(got, dense[b, :, zz, x, y], atol=1e-5)

@@ -84,55 +84,8 @@ def test_jpeg_decoding_keeps_the_geometry(tmp_path, mode):
     assert np.abs(uv[0] - _bright_centroid(img)).max() < 0.75
 
 
-# ---- the pretraining task on the synthetic world ----
-def tiny(test_grid, **extra) -> dict:
-    """Overrides that shrink any recipe to CPU-test size (the recipe's own choices stay: arch, loss, λ...)."""
-    delta = {
-        "grid": test_grid.spec(),
-        "input_size": [32, 56],
-        "network": {"bev_channels": 8, "image_channels": 8, "fuse_channels": 16, "random_init": True,
-                    "bevformer_layers": 1, "bevformer_heads": 2, "bevformer_ffn_dim": 16},
-        "train": {"batch_size": 1, "num_workers": 0, "log_every": 1, "device": "cpu"},
-    }  # fmt: skip
-    for k, v in extra.items():
-        delta[k] = {**delta.get(k, {}), **v} if isinstance(v, dict) else v
-    return delta
-
-
-def make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, **extra):
-    from occfeat.config import load_config
-    from occfeat.train.pretrain import PretrainConfig, PretrainTask
-    from tests.fixtures.synth import TINY_VERSION
-
-    cfg = load_config(PretrainConfig, recipe, tiny(test_grid, **extra))
-    return PretrainTask(cfg, synth_root, TINY_VERSION, occupancy_h5, features_h5, split="mini_train")
-
-
-@pytest.mark.parametrize("arch", ["simplebev", "bevformer"])
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_every_network_x_recipe_takes_two_steps(recipe, arch, test_grid, synth_root, occupancy_h5, features_h5):
-    from occfeat.models import NETWORKS
-
-    assert arch in NETWORKS
-    task = make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, network={"arch": arch})
-    loader = torch.utils.data.DataLoader(task.train_set, batch_size=1, collate_fn=task.collate)
-    opt = torch.optim.Adam(task.model.parameters(), lr=1e-3)
-    encoder = task.model.network.encoder.backbone
-    for _, batch in zip(range(2), loader):
-        assert batch["images"].shape == (1, 6, 3, 32, 56) and batch["occupancy"].shape == (1, *test_grid.shape)
-        if task.cfg.loss != "occ":  # occupancy-only runs never read the teacher cache
-            assert batch["features"].shape[-1] == task.cfg.feature_dim == 384
-        opt.zero_grad()
-        loss, terms = task.loss(task.model, batch)
-        assert torch.isfinite(loss) and set(terms) == {"loss", "loss_occ", "loss_feat"}
-        loss.backward()
-        grads = [p.grad for p in encoder.parameters() if p.grad is not None]
-        assert grads and sum(float(g.abs().sum()) for g in grads) > 0, "no gradient reached the image encoder"
-        opt.step()
-    mode, lam = task.cfg.loss, task.cfg.lam
-    total, occ, feat = (float(terms[k]) for k in ("loss", "loss_occ", "loss_feat"))
-    want = {"both": occ + lam * feat, "occ": occ, "feat": feat}[mode]
-    assert total == pytest.approx(want, rel=1e-5) and occ > 0 and (feat != 0) == (mode != "occ")
+# ---- the pretraining task on the synthetic world (every recipe, network and objective: tests/test_smoke.py) ----
+from tests.fixtures.pretrain import make_task  # noqa: E402
 
 
 def test_cache_mismatches_are_one_line_errors(test_grid, synth_root, occupancy_h5, features_h5):
@@ -141,8 +94,8 @@ def test_cache_mismatches_are_one_line_errors(test_grid, synth_root, occupancy_h
     with pytest.raises(OccfeatError, match="was built on grid") as e:
         make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, grid=other)
     assert "\n" not in str(e.value)
-    with pytest.raises(OccfeatError, match="holds 384-dim teacher features but the recipe's head predicts feature_dim=768"):
-        make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, feature_dim=768)
+    with pytest.raises(OccfeatError, match="holds 384-dim teacher features but the recipe's predictor outputs objectives.features.feature_dim=768"):
+        make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, objectives={"features": {"feature_dim": 768}})
 
 
 def _cli(*args):
@@ -154,10 +107,8 @@ def _cli(*args):
 
 
 def test_cli_pretrains_resumes_exactly_and_writes_what_finetune_loads(tmp_path, test_grid, synth_root, occupancy_h5, features_h5):
-    from occfeat.config import merge
-    from occfeat.models import NetworkConfig, build_network
-    from occfeat.grid import BevGrid
-    from occfeat.train.pretrain import load_pretrained_network
+    from occfeat.models import build_network
+    from occfeat.train.pretrain import read_pretrain_run
     from tests.fixtures.synth import TINY_VERSION
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "pretrain" / "synthetic-tiny.yaml"
@@ -173,18 +124,18 @@ def test_cli_pretrains_resumes_exactly_and_writes_what_finetune_loads(tmp_path, 
     res = _cli(*common, "--out", tmp_path / "part", "--resume")
     assert res.exit_code == 0, res.output
     read = lambda d: [json.loads(r) for r in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    key = lambda r: (r["step"], r["loss"], r["loss_occ"], r["loss_feat"])  # noqa: E731
+    key = lambda r: (r["step"], r["loss"], r["loss_occupancy"], r["loss_features"])  # noqa: E731
     assert [key(r) for r in read("part")] == [key(r) for r in read("full")] and len(read("full")) == 6
 
     prov = json.loads((tmp_path / "full" / "provenance.json").read_text())
     assert prov["random_init"] and prov["backbone"]["source"] == "random-init" and prov["teacher"]["pretrained"] is False
-    state, config = load_pretrained_network(tmp_path / "full")
-    assert config["feature_dim"] == 384 and config["data"]["split"] == "mini_train" and config["train"]["epochs"] == 2
-    assert not any(k.startswith("head.") for k in state)
-    net = build_network(merge(NetworkConfig(), config["network"]), BevGrid.from_spec(config["grid"]))
-    net.load_state_dict(state)  # strict: the checkpoint is exactly the network, head left out
-    bad = _cli(*common, "--out", tmp_path / "full", "--resume", "lam=0.5")
-    assert bad.exit_code == 2 and "lam (0.01 → 0.5)" in bad.output
+    run = read_pretrain_run(tmp_path / "full")
+    assert run.config.objectives["features"].feature_dim == 384 and run.config.train.epochs == 2 and run.label == "Occ+Feat"
+    assert run.stamp()["objectives"] == {"occupancy": {"weight": 1.0}, "features": {"weight": 0.01, "feature_dim": 384}}
+    net = build_network(run.config.network, run.config.grid)
+    net.load_state_dict(run.network_state)  # strict: the checkpoint is exactly the network, heads left out
+    bad = _cli(*common, "--out", tmp_path / "full", "--resume", "objectives.features.weight=0.5")
+    assert bad.exit_code == 2 and "objectives.features.weight (0.01 → 0.5)" in bad.output
 
 
 def test_occupancy_only_runs_are_not_stamped_by_the_teacher(test_grid, synth_root, occupancy_h5, features_h5):
@@ -198,7 +149,7 @@ def test_occupancy_only_runs_are_not_stamped_by_the_teacher(test_grid, synth_roo
     loss, _ = occ.loss(occ.model, batch)
     loss.backward()
     assert torch.isfinite(loss)
-    with pytest.raises(OccfeatError, match="pass --features"):
+    with pytest.raises(OccfeatError, match="needs --features"):
         make_task(RECIPES[0].parent / "feat-only.yaml", test_grid, synth_root, occupancy_h5, None)
     feat = make_task(RECIPES[0].parent / "feat-only.yaml", test_grid, synth_root, occupancy_h5, features_h5)
     assert feat.provenance["teacher"]["pretrained"] is False and feat.provenance["random_init"]

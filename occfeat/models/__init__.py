@@ -12,7 +12,7 @@ from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.models.base import BevNetwork, NetworkConfig
 from occfeat.models.bevformer import BevFormer
-from occfeat.models.heads import InstanceHeads, SegmentationHead, UnsplatHead
+from occfeat.models.heads import InstanceHeads, SegmentationHead, UnsplatDecoder, predict_at
 from occfeat.models.simplebev import SimpleBev
 
 NETWORKS: dict[str, Callable[[NetworkConfig, BevGrid], BevNetwork]] = {
@@ -30,4 +30,4 @@ def build_network(cfg: NetworkConfig, grid: BevGrid) -> BevNetwork:
     return NETWORKS[cfg.arch](cfg, grid)
 
 
-__all__ = ["BevNetwork", "NetworkConfig", "NETWORKS", "build_network", "UnsplatHead", "SegmentationHead", "InstanceHeads"]
+__all__ = ["BevNetwork", "NetworkConfig", "NETWORKS", "build_network", "UnsplatDecoder", "predict_at", "SegmentationHead", "InstanceHeads"]

@@ -1,5 +1,6 @@
-"""Heads on top of F_B (B, N_B, X, Y): the OccFeat pretraining head (thrown away after pretraining) and
-the downstream segmentation head with its finetuning-only instance heads."""
+"""Heads on top of F_B (B, N_B, X, Y): the OccFeat unsplat decoder shared by the voxel objectives
+(thrown away after pretraining) and the downstream segmentation head with its finetuning-only
+instance heads."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class UnsplatHead(nn.Module):
-    """The "unsplatting" decoder D_V with its two predictors, exactly paper §3.2-3.3.
+class UnsplatDecoder(nn.Module):
+    """The "unsplatting" decoder D_V of paper §3.2, shared by every objective that predicts per voxel
+    (occupancy, teacher features): F_B (B, N_B, X, Y) → F_V (B, N_B, Z_B, X, Y).
 
     D_V: Conv2d 3x3 N_B→N_B + InstanceNorm + ReLU; Conv2d 1x1 N_B→N_B·Z_B; reshape the channels into Z_B
-    groups of N_B channels → (B, N_B, Z_B, X, Y); Conv3d 1x1x1 N_B→2N_B + Softplus; Conv3d 1x1x1 2N_B→N_B
-    = F_V. Occupancy: Conv3d 1x1x1 N_B→1 (sigmoid inside the BCE-with-logits loss). Features: Conv3d
-    1x1x1 N_B→N_y, applied only where asked (:meth:`predict_features`).
+    groups of N_B channels → (B, N_B, Z_B, X, Y); Conv3d 1x1x1 N_B→2N_B + Softplus; Conv3d 1x1x1 2N_B→N_B.
+    The predictors on F_V (occupancy: Conv3d 1x1x1 N_B→1; features: N_B→N_y) belong to their objectives
+    (:mod:`occfeat.objectives`).
     """
 
-    def __init__(self, bev_channels: int = 128, z_bins: int = 8, feature_dim: int = 384):
+    def __init__(self, bev_channels: int = 128, z_bins: int = 8):
         super().__init__()
-        self.bev_channels, self.z_bins, self.feature_dim = bev_channels, z_bins, feature_dim
+        self.bev_channels, self.z_bins = bev_channels, z_bins
         nb = bev_channels
         self.bev = nn.Sequential(
             nn.Conv2d(nb, nb, kernel_size=3, padding=1),
@@ -32,8 +34,6 @@ class UnsplatHead(nn.Module):
             nn.Softplus(),
             nn.Conv3d(2 * nb, nb, kernel_size=1),
         )
-        self.occupancy = nn.Conv3d(nb, 1, kernel_size=1)
-        self.features = nn.Conv3d(nb, feature_dim, kernel_size=1)
 
     def unsplat(self, bev: torch.Tensor) -> torch.Tensor:
         """(B, N_B, X, Y) → (B, N_B, Z_B, X, Y): channel group z (channels z·N_B ... (z+1)·N_B - 1) is height bin z."""
@@ -41,23 +41,21 @@ class UnsplatHead(nn.Module):
         x = self.bev(bev).view(B, self.z_bins, self.bev_channels, X, Y)
         return x.transpose(1, 2)
 
-    def forward(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
-        """bev F_B (B, N_B, X, Y) → {"occ_logits": (B, Z, X, Y), "volume": F_V (B, N_B, Z, X, Y)}."""
+    def forward(self, bev: torch.Tensor) -> torch.Tensor:
+        """bev F_B (B, N_B, X, Y) → F_V (B, N_B, Z, X, Y)."""
         assert bev.ndim == 4 and bev.shape[1] == self.bev_channels, f"expected (B, {self.bev_channels}, X, Y), got {tuple(bev.shape)}"
-        volume = self.volume(self.unsplat(bev))
-        return {"occ_logits": self.occupancy(volume)[:, 0], "volume": volume}
+        return self.volume(self.unsplat(bev))
 
-    def predict_features(self, volume: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Ŷ at the requested voxels only: volume (B, N_B, Z, X, Y), idx (M, 4) long [b, x, y, z] → (M, N_y).
 
-        Equal to the dense Conv3d 1x1x1 gathered at idx, without the (B, N_y, Z, X, Y) volume (2 GB per
-        sample at 384 x 8 x 200 x 200 in float32).
-        """
-        assert idx.ndim == 2 and idx.shape[1] == 4, f"idx must be (M, 4) [b, x, y, z], got {tuple(idx.shape)}"
-        b, x, y, z = idx.unbind(1)
-        picked = volume[b, :, z, x, y]  # advanced indices around a slice → (M, N_B)
-        w = self.features.weight.view(self.feature_dim, self.bev_channels)
-        return F.linear(picked, w, self.features.bias)
+def predict_at(predictor: nn.Conv3d, volume: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """A 1x1x1 Conv3d predictor applied only at the voxels ``idx`` (M, 4) long [b, x, y, z] of ``volume``
+    (B, C, Z, X, Y) → (M, out). Equal to the dense conv gathered at idx, without the dense output (the
+    teacher-feature one would be (B, 384, 8, 200, 200): 2 GB per sample in float32)."""
+    assert idx.ndim == 2 and idx.shape[1] == 4, f"idx must be (M, 4) [b, x, y, z], got {tuple(idx.shape)}"
+    b, x, y, z = idx.unbind(1)
+    picked = volume[b, :, z, x, y]  # advanced indices around a slice → (M, C)
+    w = predictor.weight.view(predictor.out_channels, predictor.in_channels)
+    return F.linear(picked, w, predictor.bias)
 
 
 class ConvHead(nn.Module):

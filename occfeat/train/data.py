@@ -1,5 +1,6 @@
 """Camera inputs for training: the six JPEGs of a key frame, resized to the network's input size, with
-Simple-BEV's three augmentations drawn per sample, and the OccFeat pretraining dataset built on them.
+Simple-BEV's three augmentations drawn per sample; the pretraining and finetuning datasets add their
+targets on top (occfeat.train.pretrain, occfeat.train.finetune).
 
 Augmentations (simple_bev; training only, each a value of :class:`AugmentConfig`):
 
@@ -106,6 +107,7 @@ class CameraRig:
     K: np.ndarray  # (S, 3, 3)
     cam_T_ego: np.ndarray  # (S, 4, 4)
     image_hw: np.ndarray  # (S, 2) stored (H, W)
+    lidar_origin: np.ndarray | None = None  # (3,) the key-frame LiDAR sensor's position in the ego frame
 
 
 def camera_rig(rec: SampleRecord) -> CameraRig:
@@ -116,6 +118,7 @@ def camera_rig(rec: SampleRecord) -> CameraRig:
         K=np.stack([c.K for c in cams]),
         cam_T_ego=np.stack([c.cam_T_ego for c in cams]),
         image_hw=np.array([[c.height, c.width] for c in cams], dtype=np.int64),
+        lidar_origin=np.asarray(rec.lidar.ego_T_lidar, np.float64)[:3, 3].copy(),
     )
 
 
@@ -241,29 +244,3 @@ class CameraDataset(Dataset):
             "flip_bev": torch.from_numpy(aug.flip_bev),
         }
         return {**item, **self.targets(rig, aug.ref_T_ego)}
-
-
-class PretrainDataset(CameraDataset):
-    """One OccFeat pretraining sample per key frame: the camera item plus, for the targets,
-    ``occupancy`` (X, Y, Z) bool in the frame R (the cached ego-frame LiDAR points moved into R and
-    voxelized here, in the DataLoader worker), ``features`` (S, Hp, Wp, C) float16 (absent when
-    ``features`` is None: occupancy-only pretraining), ``K_orig`` (S, 3, 3) and ``image_hw_orig`` (S, 2)
-    at the stored image size. The teacher-feature targets are then exact in R too: the voxel centres of
-    R are projected with the item's ``cam_T_ego`` (from R) and the unaugmented ``K_orig``
-    (:func:`occfeat.data.targets.voxel_feature_targets`). The readers open their HDF5 files lazily, so
-    each DataLoader worker gets its own handle.
-    """
-
-    def __init__(self, rigs: list[CameraRig], occupancy, features, input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0):
-        super().__init__(rigs, input_hw, augment, seed)
-        self.occupancy, self.features = occupancy, features
-
-    def targets(self, rig: CameraRig, ref_T_ego: np.ndarray) -> dict:
-        item = {
-            "occupancy": torch.from_numpy(self.occupancy.get(rig.token, ref_T_ego)),
-            "K_orig": torch.from_numpy(rig.K).float(),
-            "image_hw_orig": torch.from_numpy(rig.image_hw),
-        }
-        if self.features is not None:  # None: occupancy-only pretraining
-            item["features"] = torch.from_numpy(self.features.get(rig.token))
-        return item

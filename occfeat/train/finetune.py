@@ -240,17 +240,9 @@ class FinetuneTask:
 
 # ---------------------------------------------------------------- initialisation
 
-PRETRAIN_MODES = {"both": "occfeat", "occ": "occ", "feat": "feat"}
 # Network settings that may differ between the pretraining run and the finetuning run: where the
 # backbone's weights come from (the pretrained state replaces them).
 WEIGHT_KEYS = ("backbone_weights", "random_init")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise OccfeatError(f"{path} is not valid JSON ({e}); restore it from the pretraining run") from e
 
 
 def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[SegmentationModel, dict]:
@@ -267,40 +259,30 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
         network = build_network(cfg.network, cfg.grid)
         prov = network.provenance.as_dict()
         stamp = {
-            "init": {"run": None, "pretraining": {"mode": "none"}},
+            "init": {"run": None, "pretraining": {"label": "None", "objectives": {}, "epochs": None, "run": None}},
             "provenance": {"backbone": prov, "backbone_random_init": not prov["pretrained"], "teacher_random_init": None},
         }
         return SegmentationModel(network, n_classes), stamp
 
-    from occfeat.train.pretrain import load_pretrained_network  # the pretraining stack loads only when asked for
+    from occfeat.train.pretrain import read_pretrain_run  # the pretraining stack loads only when asked for
 
-    init = Path(init)
-    run_dir, name = (init.parent.parent, init.name) if init.is_file() else (init, "last.pt")
-    state, pcfg = load_pretrained_network(run_dir, name)
-    p_grid = BevGrid.from_spec(pcfg.get("grid", {}))
-    if p_grid != cfg.grid:
-        raise OccfeatError(f"pretraining run {init} used grid {p_grid.spec()}, this finetune uses {cfg.grid.spec()}; use the same grid")
+    run = read_pretrain_run(init)
+    if run.config.grid != cfg.grid:
+        raise OccfeatError(f"pretraining run {init} used grid {run.config.grid.spec()}, this finetune uses {cfg.grid.spec()}; use the same grid")
+    # Both sides through today's dataclasses: a field added since the pretraining run compares equal.
     ours = {k: v for k, v in to_dict(cfg.network).items() if k not in WEIGHT_KEYS}
-    theirs = {k: v for k, v in pcfg.get("network", {}).items() if k not in WEIGHT_KEYS}
+    theirs = {k: v for k, v in to_dict(run.config.network).items() if k not in WEIGHT_KEYS}
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if diff:
         shown = ", ".join(f"{k}: {theirs.get(k)!r} vs {ours.get(k)!r}" for k in diff[:3])
         raise OccfeatError(f"pretraining run {init} built another network ({shown}); finetune with its recipe's network settings")
     # The pretrained state replaces every backbone weight, so no ImageNet file is needed here.
     network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
-    network.load_state_dict(state)
-    pprov = _read_json(run_dir / "provenance.json") or load_checkpoint(run_dir / "checkpoints" / name)["task"].get("provenance", {})
-    backbone = pprov.get("backbone", {})
-    teacher = pprov.get("teacher", {})
+    network.load_state_dict(run.network_state)
+    backbone = run.provenance.get("backbone", {})
+    teacher = run.provenance.get("teacher", {})
     stamp = {
-        "init": {
-            "run": str(init.resolve()),
-            "pretraining": {
-                "mode": PRETRAIN_MODES.get(pcfg.get("loss"), str(pcfg.get("loss"))),
-                "lambda": pcfg.get("lam"),
-                "epochs": pcfg.get("train", {}).get("epochs"),
-            },
-        },
+        "init": {"run": str(Path(init).resolve()), "pretraining": run.stamp()},
         "provenance": {
             "backbone": backbone,
             "backbone_random_init": not backbone.get("pretrained", True),

@@ -12,7 +12,9 @@ A *task* says what is trained and how the loss is computed; the loop owns everyt
   beside the loop state (model parts, provenance); ``task.config_dict() -> dict``: the resolved config,
   with the :class:`TrainConfig` under ``"train"``;
 - optional ``task.find_unused_parameters`` (bool) for DDP when a loss leaves some parameters unused;
-- optional ``task.run_files() -> {name: text}``: extra files for the run dir (e.g. provenance.json).
+- optional ``task.run_files() -> {name: text}``: extra files for the run dir (e.g. provenance.json);
+- optional ``task.resolve_saved(saved) -> dict``: a saved config in today's schema (``--resume`` compares
+  it with ``config_dict()``, so configs written by earlier versions still resume).
 
 Run dir: ``config.yaml``, ``metrics.jsonl`` (one row per logging step), ``checkpoints/last.pt`` (the
 full state, rewritten atomically every epoch) and ``checkpoints/epoch_NNN.pt`` (task payload + config +
@@ -209,7 +211,7 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
     ckpt, err = None, None
     if env.is_main:
         try:
-            ckpt = prepare_run_dir(run_dir, config, resume)
+            ckpt = prepare_run_dir(run_dir, config, resume, getattr(task, "resolve_saved", None))
         except OccfeatError as e:
             err = str(e)
     err = D.broadcast_error(err, env)

@@ -1,35 +1,43 @@
-"""OccFeat pretraining (paper §3, §4.1): a BEV network plus the unsplat head, trained with
-L = L_occ + λ·L_feat on the occupancy and teacher-feature caches, through the generic loop.
+"""Self-supervised pretraining (paper §3, §4.1): a BEV network trained by a weighted sum of pretraining
+objectives (:mod:`occfeat.objectives`; OccFeat = occupancy + λ·teacher features, eq. 1) on the
+occupancy and teacher-feature caches, through the generic loop.
 
 Checkpoint format (``RUN_DIR/checkpoints/last.pt`` and ``epoch_NNN.pt``, torch.save dicts, see
 :mod:`occfeat.train.loop`): ``format``, ``step``, ``epoch``, ``config`` (the resolved config, also in
-``RUN_DIR/config.yaml``), and ``task`` = {``network``: the BEV network's state_dict WITHOUT the head,
-``head``: the unsplat head's state_dict, ``provenance``: backbone / teacher weight sources}; ``last.pt``
-adds ``optimizer``, ``scheduler`` and ``rng``. Finetuning loads the network through
-:func:`load_pretrained_network`; the head is thrown away, as in the paper.
+``RUN_DIR/config.yaml``), and ``task`` = {``network``: the BEV network's state_dict WITHOUT the heads,
+``heads``: the unsplat decoder's and the objectives' state_dict, ``provenance``: backbone / teacher weight
+sources}; ``last.pt`` adds ``optimizer``, ``scheduler`` and ``rng``. Finetuning reads a run through
+:func:`read_pretrain_run`; the heads are thrown away, as in the paper.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import default_collate
 
-from occfeat.config import to_dict
+from occfeat.config import resolve_saved, to_dict
 from occfeat.data.extract import FeatureReader
 from occfeat.data.index import SampleIndex
 from occfeat.data.occupancy import OccupancyReader
-from occfeat.data.targets import voxel_feature_targets
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
-from occfeat.losses import OccFeatLoss
-from occfeat.models import NetworkConfig, UnsplatHead, build_network
-from occfeat.train.data import AugmentConfig, PretrainDataset, camera_rig
+from occfeat.models import NetworkConfig, UnsplatDecoder, build_network
+from occfeat.objectives import ObjectiveConfig, Sources, registry
+from occfeat.objectives.base import Context
+from occfeat.objectives.features import FeaturesConfig
+from occfeat.objectives.occupancy import OccupancyConfig
+from occfeat.train.data import AugmentConfig, camera_rig
 from occfeat.train.loop import TrainConfig, fit, load_checkpoint
+from occfeat.train.pretrain_data import PretrainCollate, PretrainDataset
+
+
+def _occfeat() -> dict[str, ObjectiveConfig]:
+    return {"occupancy": OccupancyConfig(), "features": FeaturesConfig()}
 
 
 @dataclass
@@ -44,40 +52,67 @@ class PretrainConfig:
     """(H, W) of the camera images the network sees (paper: 224 x 400)."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Simple-BEV's augmentations (resize + crop, image and BEV flips, random reference camera) and the
-    resize mode; the occupancy and teacher-feature targets are exact in the drawn reference frame."""
-    loss: str = "both"
-    """"both" (OccFeat), "occ" (occupancy only) or "feat" (distillation only): Table 3."""
-    lam: float = 0.01
-    """λ in L = L_occ + λ·L_feat (eq. 1; Table 4 sweeps it)."""
-    feature_dim: int | None = None
-    """N_y, the teacher width the head predicts; None takes it from the features cache, a number must match it."""
+    resize mode; every objective's targets are exact in the drawn reference frame."""
+    objectives: dict[str, ObjectiveConfig] = field(default_factory=_occfeat)
+    """The pretraining objectives by name with their settings; the loss is the sum of their weighted
+    terms. Default: OccFeat, L = L_occ + 0.01·L_feat (paper eq. 1). In a recipe, ``features: null``
+    removes one (Table 3's occupancy-only row); ``occfeat.objectives.registry()`` lists them all."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation: the paper's Adam, lr 1e-3 constant, wd 1e-7, batch 16, 50 epochs."""
 
 
-class OccFeatModel(nn.Module):
-    """The BEV network and the unsplat head as one module (what DDP wraps).
+def upgrade_config_dict(saved: dict) -> dict:
+    """A pretraining config saved by an earlier occfeat, in today's schema. Before the objectives layer
+    the loss was a string mode ``loss`` ("both" = OccFeat, "occ", "feat") with ``lam`` and ``feature_dim``."""
+    d = {k: v for k, v in saved.items() if k != "data"}
+    if "loss" in d or "lam" in d or "feature_dim" in d:
+        loss, lam, dim = d.pop("loss", "both"), d.pop("lam", 0.01), d.pop("feature_dim", None)
+        d["objectives"] = {
+            "occupancy": {"weight": 1.0} if loss in ("both", "occ") else None,
+            "features": {"weight": lam if loss == "both" else 1.0, "feature_dim": dim} if loss in ("both", "feat") else None,
+        }
+    if isinstance(d.get("network"), dict):
+        from occfeat import models
 
-    ``forward(batch)`` → {"occ_logits" (B, Z, X, Y), and unless ``predict_features`` is off:
-    "feat_pred" / "feat_target" (M, N_y), "feat_valid" (M,)} for the M occupied voxels. The targets are
-    computed here, on the training device, from the stored teacher maps (paper §3.3).
-    """
+        upgrade = getattr(models, "upgrade_network_dict", None)
+        d["network"] = upgrade(d["network"]) if upgrade else d["network"]
+    return d
 
-    def __init__(self, network: nn.Module, head: UnsplatHead, grid: BevGrid, predict_features: bool = True):
+
+def config_from_saved(saved: dict, where: str) -> PretrainConfig:
+    """A saved pretraining config (config.yaml, a checkpoint) re-resolved through today's dataclasses."""
+    return resolve_saved(PretrainConfig, saved, where, upgrade=upgrade_config_dict)
+
+
+def objectives_label(cfg: PretrainConfig) -> str:
+    """The report's name of a pretraining: its objectives' labels joined by "+" ("Occ+Feat" is OccFeat)."""
+    reg = registry()
+    return "+".join(reg[name].label for name in cfg.objectives)
+
+
+class PretrainModel(nn.Module):
+    """The BEV network, the shared unsplat decoder (when an objective predicts on F_V) and the objectives,
+    as one module (what DDP wraps). ``forward(batch)`` → (total loss, {"loss", "loss_<objective>": detached})."""
+
+    def __init__(self, network: nn.Module, decoder: UnsplatDecoder | None, objectives: dict[str, nn.Module], weights: dict[str, float]):
         super().__init__()
-        self.network, self.head, self.grid, self.predict_features = network, head, grid, predict_features
+        self.network, self.decoder = network, decoder
+        self.objectives = nn.ModuleDict(objectives)
+        self.weights = dict(weights)
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        out = self.head(self.network(batch))
-        result = {"occ_logits": out["occ_logits"]}
-        if self.predict_features:
-            # Targets in float32 whatever the autocast: bilinear sampling of fp16 maps in bf16 loses the direction.
-            with torch.no_grad(), torch.autocast(batch["images"].device.type, enabled=False):
-                idx, target, valid = voxel_feature_targets(
-                    batch["occupancy"], batch["features"].float(), batch["K_orig"], batch["cam_T_ego"], batch["image_hw_orig"], self.grid
-                )
-            result.update(feat_pred=self.head.predict_features(out["volume"], idx), feat_target=target, feat_valid=valid)
-        return result
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ctx = Context(self.network(batch), self.decoder)
+        total, terms = None, {}
+        for name, objective in self.objectives.items():
+            parts = objective(ctx, batch)
+            main = next(iter(parts.values()))
+            total = self.weights[name] * main if total is None else total + self.weights[name] * main
+            terms.update({k: v.detach() for k, v in parts.items()})
+        return total, {"loss": total.detach(), **terms}
+
+    def heads_state(self) -> dict:
+        """Everything but the network: the decoder's and the objectives' parameters."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("network.")}
 
 
 def _check_source(name: str, path: Path, spec: dict, source: dict) -> None:
@@ -93,94 +128,103 @@ def _check_source(name: str, path: Path, spec: dict, source: dict) -> None:
                            "dataroot, version and split, or rebuild it")
 
 
-def _check_caches(occ: OccupancyReader, feats: FeatureReader | None, tokens: list[str], split: str, cfg: PretrainConfig,
-                  source: dict | None = None) -> int | None:
-    """The teacher width the head will predict, after checking the caches cover the split and come from
-    ``source`` = {"dataroot" (resolved), "version", "split"} (when given).
-    ``feats`` is None for occupancy-only pretraining, which never reads the teacher."""
-    if source is not None:
-        for name, reader in (("occupancy", occ), ("features", feats)):
-            if reader is not None:
-                _check_source(name, reader.path, reader.spec, source)
-    if feats is None:
-        missing = [t for t in tokens if t not in occ]
-        if missing:
-            raise OccfeatError(f"{len(missing)} of {len(tokens)} samples of split '{split}' are missing from the occupancy cache {occ.path} (e.g. {missing[0]}); build it for this split")
-        return cfg.feature_dim
-    if cfg.feature_dim is not None and cfg.feature_dim != feats.feature_dim:
-        raise OccfeatError(
-            f"features cache {feats.path} holds {feats.feature_dim}-dim teacher features but the recipe's head predicts "
-            f"feature_dim={cfg.feature_dim}; extract with the matching teacher or set feature_dim={feats.feature_dim}"
-        )
-    for name, reader in (("occupancy", occ), ("features", feats)):
+def _check_caches(sources: Sources, tokens: list[str], split: str, source: dict) -> None:
+    """Refuse caches made from another source, or that miss samples of the split."""
+    for name in ("occupancy", "features"):
+        reader = getattr(sources, name)
+        if reader is None:
+            continue
+        _check_source(name, reader.path, reader.spec, source)
         missing = [t for t in tokens if t not in reader]
         if missing:
             raise OccfeatError(
                 f"{len(missing)} of {len(tokens)} samples of split '{split}' are missing from the {name} cache "
                 f"{reader.path} (e.g. {missing[0]}); build it for this split"
             )
-    return feats.feature_dim
+
+
+def _legacy_heads(head: dict, objectives) -> dict:
+    """The heads of a checkpoint written before the objectives layer (one ``head``: the unsplat decoder
+    with both predictors) under today's names."""
+    out = {}
+    for k, v in head.items():
+        part, _, rest = k.partition(".")
+        if part in ("bev", "volume"):
+            out[f"decoder.{k}"] = v
+        elif part == "occupancy" and "occupancy" in objectives:
+            out[f"objectives.occupancy.predictor.{rest}"] = v
+        elif part == "features" and "features" in objectives:
+            out[f"objectives.features.predictor.{rest}"] = v
+    return out
 
 
 class PretrainTask:
-    """The OccFeat pretraining task for :func:`occfeat.train.loop.fit`."""
+    """A pretraining run for :func:`occfeat.train.loop.fit`."""
 
     def __init__(
-        self, cfg: PretrainConfig, dataroot: str | Path, version: str, occupancy: str | Path, features: str | Path | None, split: str = "train"
+        self, cfg: PretrainConfig, dataroot: str | Path, version: str, occupancy: str | Path | None, features: str | Path | None, split: str = "train"
     ):
-        if cfg.loss not in ("both", "occ", "feat"):
-            raise OccfeatError(f"loss={cfg.loss!r} is not one of both, occ, feat")
-        # Occupancy-only pretraining never reads the teacher: a features cache is neither needed nor read.
-        teacher_used = cfg.loss != "occ"
-        if teacher_used and features is None:
-            raise OccfeatError(f"loss={cfg.loss} distills teacher features: pass --features (a cache from `occfeat extract`)")
+        if not cfg.objectives:
+            raise OccfeatError(f"the recipe lists no objectives; name at least one of {', '.join(registry())}")
+        reg = registry()
+        needed = {s for name in cfg.objectives for s in reg[name].sources}
         index = SampleIndex(dataroot, version, split)
-        occ = OccupancyReader(occupancy, cfg.grid)  # refuses a cache built on another grid
-        feats = FeatureReader(features) if teacher_used else None
+        # A cache no objective reads is neither needed nor opened (e.g. no teacher for occupancy-only runs).
+        sources = Sources(
+            cfg.grid,
+            occupancy=OccupancyReader(occupancy, cfg.grid) if "occupancy" in needed and occupancy is not None else None,
+            features=FeatureReader(features) if "features" in needed and features is not None else None,
+        )
+        resolved = {name: reg[name].resolve(c, sources) for name, c in cfg.objectives.items()}
         source = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split or "all"}
-        self.cfg = replace(cfg, feature_dim=_check_caches(occ, feats, index.tokens, split, cfg, source))
+        _check_caches(sources, index.tokens, split, source)
+        self.cfg = replace(cfg, objectives=resolved)
         rigs = [camera_rig(index.record(t)) for t in index.tokens]
 
         torch.manual_seed(cfg.train.seed)  # the same recipe and seed build the same initial weights
         network = build_network(cfg.network, cfg.grid)
-        width = {} if self.cfg.feature_dim is None else {"feature_dim": self.cfg.feature_dim}  # occ-only: the head's default
-        head = UnsplatHead(cfg.network.bev_channels, cfg.grid.shape[2], **width)
-        self.model = OccFeatModel(network, head, cfg.grid, predict_features=cfg.loss != "occ")
-        self.criterion = OccFeatLoss(mode=cfg.loss, lam=cfg.lam)
-        # occ-only / feat-only leave one predictor without gradients; DDP must be told.
-        self.find_unused_parameters = cfg.loss != "both"
-        self.train_set = PretrainDataset(rigs, occ, feats, cfg.input_size, cfg.augment, seed=cfg.train.seed)
-        self.collate = default_collate
+        objectives = {name: reg[name](c, cfg.grid, cfg.network.bev_channels) for name, c in resolved.items()}
+        uses_volume = any(o.uses_volume for o in objectives.values())
+        decoder = UnsplatDecoder(cfg.network.bev_channels, cfg.grid.shape[2]) if uses_volume else None
+        self.model = PretrainModel(network, decoder, objectives, {n: c.weight for n, c in resolved.items()})
+        inputs = [inp for o in objectives.values() for inp in o.inputs()]
+        self.train_set = PretrainDataset(rigs, sources, inputs, cfg.input_size, cfg.augment, seed=cfg.train.seed)
+        self.collate = PretrainCollate(self.train_set.ragged)
         self.data = {"version": version, "split": split, "samples": len(rigs)}
-        # Occupancy-only pretraining never reads the teacher: its weights do not stamp the run.
+        teacher = sources.features
         keys = ("teacher", "pretrained", "weights_source", "weights_sha256", "feature_dim")
         self.provenance = {
             "backbone": network.provenance.as_dict(),
-            "teacher": {k: feats.spec.get(k) for k in keys if k in feats.spec} if teacher_used else {"used": False},
-            "random_init": not network.provenance.pretrained or (teacher_used and not feats.pretrained),
-            "inputs": {"dataroot": str(Path(dataroot).resolve()), "occupancy": str(Path(occupancy).resolve()),
-                       "features": str(Path(features).resolve()) if teacher_used else None},  # fmt: skip
+            # Runs that never read the teacher are not stamped with its weights.
+            "teacher": {k: teacher.spec.get(k) for k in keys if k in teacher.spec} if teacher is not None else {"used": False},
+            "random_init": not network.provenance.pretrained or (teacher is not None and not teacher.pretrained),
+            "inputs": {"dataroot": str(Path(dataroot).resolve()),
+                       "occupancy": str(Path(occupancy).resolve()) if sources.occupancy is not None else None,
+                       "features": str(Path(features).resolve()) if teacher is not None else None},  # fmt: skip
+            "objectives": {name: o.stamp() for name, o in objectives.items()},
         }
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = model(batch)
-        return self.criterion(
-            out["occ_logits"], batch["occupancy"], out.get("feat_pred"), out.get("feat_target"), out.get("feat_valid")
-        )
+        return model(batch)
 
     def checkpoint_payload(self) -> dict:
-        return {
-            "network": self.model.network.state_dict(),
-            "head": self.model.head.state_dict(),
-            "provenance": self.provenance,
-        }
+        return {"network": self.model.network.state_dict(), "heads": self.model.heads_state(), "provenance": self.provenance}
 
     def load_checkpoint_payload(self, payload: dict) -> None:
         self.model.network.load_state_dict(payload["network"])
-        self.model.head.load_state_dict(payload["head"])
+        heads = payload["heads"] if "heads" in payload else _legacy_heads(payload["head"], self.cfg.objectives)
+        missing, unexpected = self.model.load_state_dict({**{f"network.{k}": v for k, v in payload["network"].items()}, **heads}, strict=False)
+        if missing or unexpected:
+            raise OccfeatError(f"the checkpoint's heads do not fit this run's objectives (missing {missing[:2]}, unexpected {unexpected[:2]}); start a new --out")
 
     def config_dict(self) -> dict:
         return {**to_dict(self.cfg), "data": self.data}
+
+    def resolve_saved(self, saved: dict) -> dict:
+        """A saved config.yaml in today's schema, as :meth:`config_dict` would write it (resume compares the two)."""
+        data = saved.get("data")
+        resolved = config_from_saved(saved, "the run's saved config")
+        return {**to_dict(resolved), **({"data": data} if data is not None else {})}
 
     def run_files(self) -> dict[str, str]:
         """Files written beside config.yaml: provenance.json says whether any weights were random."""
@@ -203,18 +247,47 @@ def pretrain(
     return {**summary, "provenance": task.provenance}
 
 
-def load_pretrained_network(run_dir: str | Path, checkpoint: str = "last.pt") -> tuple[dict, dict]:
-    """(network state_dict without the head, resolved pretraining config) of a pretraining run.
+@dataclass
+class PretrainRun:
+    """A finished (or stopped) pretraining run as ``finetune --init`` reads it: its resolved config, the
+    network weights without the heads, where its weights came from, and which checkpoint."""
 
-    ``checkpoint``: "last.pt" or an "epoch_NNN.pt" under RUN_DIR/checkpoints (``finetune --init`` takes
-    either the run dir or the path of one of them). Rebuild the network with
-    ``build_network(merge(NetworkConfig(), config["network"]), BevGrid.from_spec(config["grid"]))``
-    (``occfeat.config.merge``), then ``load_state_dict``.
-    """
-    path = Path(run_dir) / "checkpoints" / checkpoint
+    checkpoint: Path
+    config: PretrainConfig
+    network_state: dict
+    provenance: dict
+    step: int
+
+    @property
+    def label(self) -> str:
+        return objectives_label(self.config)
+
+    def stamp(self) -> dict:
+        """What a finetune run records about its initialisation (metrics.json ``pretraining``)."""
+        return {
+            "label": self.label,
+            "objectives": {n: dataclasses.asdict(c) for n, c in self.config.objectives.items()},
+            "epochs": self.config.train.epochs,
+            "run": str(self.checkpoint.resolve()),
+        }
+
+
+def read_pretrain_run(init: str | Path) -> PretrainRun:
+    """The pretraining run ``init`` names: a run dir (its ``checkpoints/last.pt``) or one of its checkpoint
+    files (e.g. ``RUN/checkpoints/epoch_010.pt``). Configs written by earlier versions are re-resolved
+    through today's dataclasses. Rebuild the network with ``build_network(run.config.network, run.config.grid)``."""
+    init = Path(init)
+    run_dir, name = (init.parent.parent, init.name) if init.is_file() else (init, "last.pt")
+    path = run_dir / "checkpoints" / name
     if not path.is_file():
-        raise OccfeatError(f"{run_dir} has no checkpoints/{checkpoint}; pass a run dir written by `occfeat pretrain`")
-    ckpt = load_checkpoint(path, if_damaged=f"pass one of {Path(run_dir) / 'checkpoints'}/epoch_*.pt as --init instead")
+        raise OccfeatError(f"{run_dir} has no checkpoints/{name}; pass a run dir written by `occfeat pretrain`")
+    ckpt = load_checkpoint(path, if_damaged=f"pass one of {run_dir / 'checkpoints'}/epoch_*.pt as --init instead")
     if "network" not in ckpt.get("task", {}):
         raise OccfeatError(f"{path} is not a pretraining checkpoint (no network weights); pass an `occfeat pretrain` run dir")
-    return ckpt["task"]["network"], ckpt["config"]
+    config = config_from_saved(ckpt["config"], f"pretraining run {run_dir}")
+    prov_file = run_dir / "provenance.json"
+    try:
+        provenance = json.loads(prov_file.read_text()) if prov_file.is_file() else ckpt["task"].get("provenance", {})
+    except json.JSONDecodeError as e:
+        raise OccfeatError(f"{prov_file} is not valid JSON ({e}); restore it from the pretraining run") from e
+    return PretrainRun(path, config, ckpt["task"]["network"], provenance, int(ckpt["step"]))

@@ -155,8 +155,11 @@ def config_diff(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> dict | None:
-    """Check the run dir against ``resume``; returns the last checkpoint to resume from (or None: start at step 0)."""
+def prepare_run_dir(run_dir: Path, config: dict, resume: bool, resolve=None) -> dict | None:
+    """Check the run dir against ``resume``; returns the last checkpoint to resume from (or None: start at step 0).
+
+    ``resolve(saved) -> dict`` re-reads the saved config through today's dataclasses before the comparison,
+    so a run written before a defaulted field (or a renamed one) existed still resumes."""
     if not run_started(run_dir):
         if resume and not run_dir.exists():
             raise OccfeatError(f"nothing to resume: {run_dir} does not exist; drop --resume to start a new run")
@@ -169,6 +172,8 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool) -> dict | None:
     ckpt = load_checkpoint(last, if_damaged=restart) if last.exists() else None
     cfg_path = run_dir / "config.yaml"
     old = read_config(cfg_path) or (ckpt or {}).get("config")  # a torn config.yaml: the checkpoint holds it too
+    if old and resolve is not None:
+        old = resolve(old)
     diff = [k for k in config_diff(old, config) if k not in RESUME_FREE_KEYS] if old else []
     # Extending a constant-lr run (e.g. 50 → 100 epochs, OccFeat†) is safe; a onecycle schedule depends on it.
     if config["train"]["schedule"] == "constant":
