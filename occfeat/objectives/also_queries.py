@@ -178,15 +178,18 @@ def query_supports(
     window = torch.as_tensor(support_window(grid, radius), device=dev)  # (K, 2)
     lower = torch.as_tensor(grid.lower[:2], dtype=torch.float64, device=dev)
     size = torch.as_tensor(grid.voxel_size[:2], dtype=torch.float64, device=dev)
-    q = queries.to(torch.float64)
-    own = torch.floor((q[..., :2] - lower) / size).clamp(-(2**40), 2**40).to(torch.int64)  # (B, M, 2)
+    # The query's own cell and its offset from that cell's centre in float64 (coordinates can be large,
+    # offsets are small); the per-support offsets then follow in float32 from the window.
+    q = queries[..., :2].to(torch.float64)
+    own = torch.floor((q - lower) / size).clamp(-(2**40), 2**40)  # (B, M, 2)
+    from_own = (q - lower - (own + 0.5) * size).to(torch.float32)
+    own = own.to(torch.int64)
+    dxy = from_own[..., None, :] - (window * size).to(torch.float32)  # (B, M, K, 2)
     idx = own[..., None, :] + window  # (B, M, K, 2)
-    centre = lower + (idx.to(torch.float64) + 0.5) * size
-    dxy = q[..., None, :2] - centre
     shape = torch.as_tensor(grid.shape[:2], device=dev)
     inside = ((idx >= 0) & (idx < shape)).all(dim=-1)
     mask = inside & (dxy.square().sum(dim=-1) <= radius * radius)
     cells = torch.where(mask, idx[..., 0] * grid.shape[1] + idx[..., 1], torch.zeros_like(idx[..., 0]))
-    dz = q[..., None, 2:3].expand(*dxy.shape[:-1], 1)
-    offsets = torch.cat([dxy, dz], dim=-1).to(torch.float32)
+    dz = queries[..., None, 2:3].to(torch.float32).expand(*dxy.shape[:-1], 1)
+    offsets = torch.cat([dxy, dz], dim=-1)
     return cells, offsets, mask
