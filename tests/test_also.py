@@ -13,7 +13,6 @@ from occfeat.objectives.also_queries import (
     NO_INTENSITY,
     decimate,
     line_of_sight_queries,
-    pad_queries,
     query_supports,
     support_window,
 )
@@ -118,14 +117,6 @@ def test_intensity_targets_near_the_surface_only():
     assert np.all(line_of_sight_queries(pts, origin, np.random.default_rng(3), 12).intensity == NO_INTENSITY)
     with pytest.raises(OccfeatError):
         line_of_sight_queries(pts, origin, np.random.default_rng(3), 12, intensities=inten[:2])
-
-
-def test_pad_queries_masks_the_padding():
-    rng = np.random.default_rng(0)
-    pts = _rays_from(np.zeros(3))
-    batch = pad_queries([line_of_sight_queries(pts, np.zeros(3), rng, 12), line_of_sight_queries(pts[:1], np.zeros(3), rng, 12)])
-    assert batch["points"].shape == (2, 12, 3) and batch["mask"].sum(dim=1).tolist() == [12, 3]
-    assert batch["occupied"][1].tolist() == [1, 0, 0] + [0] * 9
 
 
 # ---- supports within the reconstruction radius ----

@@ -6,10 +6,10 @@ occupied) or *in front of* it (empty space), and each query is decoded from the 
 reconstruction radius. The OccFeat paper's Img-ALSO baseline (§4.2) keeps ALSO's supervision and its
 hyper-parameters (decimation grid 10 cm, maximal distance-to-LiDAR-point for a query 10 cm, reconstruction
 radius 1 m) and swaps the LiDAR backbone for a camera BEV network. What was taken from ALSO and what was
-adapted, with file:line references, is in docs/img-also.md.
+adapted, with file:line references, is in docs/fidelity.md (section 4).
 
 Split of the work: :func:`decimate` and :func:`line_of_sight_queries` are numpy and run per sample in the
-Dataset worker (deterministic given a ``np.random.Generator``); :func:`pad_queries` collates them;
+Dataset worker (deterministic given a ``np.random.Generator``); the pretraining collate pads them (``occfeat.train.pretrain_data``);
 :func:`query_supports` is torch and runs on the training device inside the decoder.
 """
 
@@ -119,29 +119,6 @@ def line_of_sight_queries(
         occupied=occupied.astype(np.uint8),
         intensity=intensity.astype(np.float32),
     )
-
-
-def pad_queries(samples: list[LineOfSightQueries]) -> dict[str, torch.Tensor]:
-    """Collate per-sample queries into padded tensors.
-
-    Returns ``points`` (B, M, 3) float32, ``occupied`` (B, M) float32, ``intensity`` (B, M) float32 and
-    ``mask`` (B, M) bool (False on padding), M = the largest query count in the batch (at least 1).
-    """
-    m = max([1] + [len(s.points) for s in samples])
-    b = len(samples)
-    out = {
-        "points": torch.zeros(b, m, 3),
-        "occupied": torch.zeros(b, m),
-        "intensity": torch.full((b, m), NO_INTENSITY),
-        "mask": torch.zeros(b, m, dtype=torch.bool),
-    }
-    for i, s in enumerate(samples):
-        k = len(s.points)
-        out["points"][i, :k] = torch.from_numpy(np.asarray(s.points, dtype=np.float32))
-        out["occupied"][i, :k] = torch.from_numpy(np.asarray(s.occupied, dtype=np.float32))
-        out["intensity"][i, :k] = torch.from_numpy(np.asarray(s.intensity, dtype=np.float32))
-        out["mask"][i, :k] = True
-    return out
 
 
 def support_window(grid: BevGrid, radius: float = RECONSTRUCTION_RADIUS) -> np.ndarray:
