@@ -27,7 +27,7 @@ from occfeat.data.targets import voxel_feature_targets
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.losses import OccFeatLoss
-from occfeat.models import NetworkConfig, UnsplatHead, build_network
+from occfeat.models import NetworkConfig, SimpleBevConfig, UnsplatHead, build_network
 from occfeat.train.data import AugmentConfig, PretrainDataset, camera_rig
 from occfeat.train.loop import TrainConfig, fit, load_checkpoint
 
@@ -36,7 +36,7 @@ from occfeat.train.loop import TrainConfig, fit, load_checkpoint
 class PretrainConfig:
     """Everything that defines a pretraining run; recipes in recipes/pretrain/ are deltas over these."""
 
-    network: NetworkConfig = field(default_factory=NetworkConfig)
+    network: NetworkConfig = field(default_factory=SimpleBevConfig)
     """The BEV network (SimpleBEV EN-B0 by default)."""
     grid: BevGrid = field(default_factory=BevGrid)
     """The BEV / occupancy grid (default: Simple-BEV's 200 x 200 x 8 at 0.5 m); the occupancy cache must match."""
