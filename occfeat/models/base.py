@@ -62,7 +62,8 @@ class NetworkConfig(Variants):
         return {arch: net.config_class for arch, net in registered_networks().items()}
 
 
-# Before issue 11 one flat NetworkConfig held every architecture's fields; BEVFormer's carried a prefix.
+# Network dicts saved before per-architecture configs: one flat NetworkConfig held every architecture's
+# fields, BEVFormer's with a prefix. owner arch → {old key: its field in that arch's config today}.
 _FLAT_SCHEMA_FIELDS = {
     "bevformer": {f"bevformer_{k}": k for k in ("layers", "heads", "self_points", "points_per_height", "ffn_dim", "dropout")},
 }
