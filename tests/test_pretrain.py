@@ -11,6 +11,7 @@ from PIL import Image
 
 from occfeat.errors import OccfeatError
 from occfeat.geometry import project_points
+from occfeat.models import registered_networks
 from occfeat.train.data import AugmentConfig, CameraRig, draw_augmentation, load_camera, load_cameras, sample_augmentation, sample_rng
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "pretrain").glob("*.yaml"))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from occfeat.models import NETWORKS
+from occfeat.models import registered_networks
 from occfeat.objectives import registry
-from tests.fixtures.pretrain import make_task, tiny
+from tests.fixtures.pretrain import make_task, shrink, tiny
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN_RECIPES = sorted((REPO / "recipes" / "pretrain").glob("*.yaml"))
@@ -42,7 +42,7 @@ def test_every_pretrain_recipe_takes_two_steps(recipe, test_grid, synth_root, oc
     assert set(terms) >= {"loss", *(f"loss_{n}" for n in task.cfg.objectives)}
 
 
-@pytest.mark.parametrize("arch", sorted(NETWORKS))
+@pytest.mark.parametrize("arch", sorted(registered_networks()))
 def test_every_network_pretrains_two_steps(arch, test_grid, synth_root, occupancy_h5, features_h5):
     task = make_task(None, test_grid, synth_root, occupancy_h5, features_h5, network={"arch": arch})
     assert task.cfg.network.arch == arch
@@ -62,15 +62,13 @@ def test_every_objective_alone_takes_two_steps(name, test_grid, synth_root, occu
 
 @pytest.mark.parametrize("recipe", FINETUNE_RECIPES, ids=lambda p: p.stem)
 def test_every_finetune_recipe_takes_two_steps(recipe, tmp_path, test_grid, synth_root):
-    from occfeat.config import read_recipe
     from occfeat.data.index import SampleIndex
     from occfeat.train.finetune import FinetuneTask, build_model, resolve_config, segmentation_set
     from tests.fixtures.synth import TINY_VERSION
 
-    arch = (read_recipe(recipe).get("network") or {}).get("arch", "simplebev")
-    shrink = tiny(test_grid, arch)
+    small = tiny(test_grid)
     for task_name in ("vehicle", "map"):
-        cfg = resolve_config(recipe, task_name, 1.0, {k: shrink[k] for k in ("grid", "input_size", "network", "train")})
+        cfg = shrink(resolve_config(recipe, task_name, 1.0, {k: small[k] for k in ("grid", "input_size", "network", "train")}))
         index = SampleIndex(synth_root, TINY_VERSION, "mini_train")
         model, stamp = build_model(cfg, None)
         stamp["data"] = {}

@@ -1,5 +1,5 @@
-"""The network config and the uniform interface every BEV network keeps (timm-like: one feature method,
-heads separate).
+"""The config every network shares, the uniform interface every BEV network keeps (timm-like: one feature
+method, heads separate) and the registry of networks (arch → network class and its config).
 
 A batch is a dict with
 - ``images`` (B, S, 3, H, W) float in [0, 1] (normalised inside the network with the backbone's mean/std),
@@ -10,22 +10,33 @@ Other keys are ignored.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import pkgutil
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from occfeat.config import Variants
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.weights import Provenance
 
 
 @dataclass
-class NetworkConfig:
-    """A BEV network (paper §3.1, §4.1). Grid numbers (X, Y, Z_B, bounds) come from the BevGrid."""
+class NetworkConfig(Variants):
+    """The fields every BEV network shares (paper §3.1, §4.1); each network's file subclasses it with its
+    own knobs (``SimpleBevConfig``, ``BevFormerConfig``). ``arch`` picks the subclass: a recipe's
+    ``network: {arch: bevformer}`` switches the config, carrying over the shared fields
+    (:func:`occfeat.config.merge`). Grid numbers (X, Y, Z_B, bounds) come from the BevGrid."""
+
+    variant_key: ClassVar[str] = "arch"
 
     arch: str = "simplebev"
-    """"simplebev" (voxel-sampling lift) or "bevformer" (deformable attention), see NETWORKS."""
+    """Which network: the name of a registered network config ("simplebev", "bevformer"; see
+    :func:`registered_networks`). Setting it switches the config class to that network's."""
     backbone: str = "efficientnet_b0"
     """Any timm CNN with ``features_only``; the paper uses efficientnet_b0 and resnet50."""
     bev_channels: int = 128
@@ -44,27 +55,75 @@ class NetworkConfig:
     backbone's Simple-BEV value (0.2 for efficientnet_b0 as efficientnet_pytorch, 0 for ResNets)."""
     encoder_strides: tuple[int, ...] = (8, 16)
     """Backbone levels fused, finest first; the finest is the feature stride (Simple-BEV: 1/8)."""
-    bevformer_layers: int = 6
-    """BEVFormer: number of (self-attn, cross-attn, FFN) layers."""
-    bevformer_heads: int = 4
-    """BEVFormer: attention heads (N_B must be divisible by it)."""
-    bevformer_self_points: int = 8
-    """BEVFormer: sampling points per head of the deformable BEV self-attention."""
-    bevformer_points_per_height: int = 1
-    """BEVFormer: sampling points per head per pillar height in the spatial cross-attention; the pillar
-    heights are the grid's Z_B bin centres (8 heights x 1 point = BEVFormer's 8 points)."""
-    bevformer_ffn_dim: int = 1028
-    """BEVFormer: hidden width of the feed-forward layers (1028, as in Simple-BEV's implementation)."""
-    bevformer_dropout: float = 0.1
-    """BEVFormer: dropout on the attention outputs."""
+
+    @classmethod
+    def variants(cls) -> dict[str, type]:
+        """arch → config class of every registered network."""
+        return {arch: net.config_class for arch, net in registered_networks().items()}
+
+
+# Network dicts saved before per-architecture configs: one flat NetworkConfig held every architecture's
+# fields, BEVFormer's with a prefix. owner arch → {old key: its field in that arch's config today}.
+_FLAT_SCHEMA_FIELDS = {
+    "bevformer": {f"bevformer_{k}": k for k in ("layers", "heads", "self_points", "points_per_height", "ffn_dim", "dropout")},
+}
+
+
+def upgrade_network_dict(d: dict) -> dict:
+    """A saved ``network`` dict in today's schema. Dicts written before per-architecture configs were flat:
+    the ``bevformer_*`` fields sat in every network's config; they are renamed (prefix dropped) for
+    ``arch: bevformer`` and dropped for any other arch. Today's dicts come back unchanged."""
+    out = dict(d)
+    arch = out.get("arch", NetworkConfig.arch)
+    for owner, renames in _FLAT_SCHEMA_FIELDS.items():
+        for old, new in renames.items():
+            if old not in out:
+                continue
+            value = out.pop(old)
+            if owner != arch:
+                continue
+            if new in d and d[new] != value:
+                raise OccfeatError(f"saved network config sets both '{old}' ({value!r}) and '{new}' ({d[new]!r}); keep only '{new}'")
+            out[new] = value
+    return out
+
+
+_NETWORKS: dict[str, type[BevNetwork]] = {}
+
+
+def registered_networks() -> dict[str, type[BevNetwork]]:
+    """arch → network class. Every file of ``occfeat/models/`` is imported first, so a network defined in
+    any of them (a :class:`BevNetwork` subclass with its ``config_class``) is registered."""
+    import occfeat.models as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    return dict(_NETWORKS)
 
 
 class BevNetwork(nn.Module):
-    """Image encoder + projection + BEV decoder. ``forward_bev(batch) → F_B (B, N_B, X, Y)``."""
+    """Image encoder + projection + BEV decoder. ``forward_bev(batch) → F_B (B, N_B, X, Y)``.
 
+    A subclass that sets ``config_class`` (a :class:`NetworkConfig` subclass whose ``arch`` default names
+    it) is registered under that arch: a new network is one file holding its config and its class."""
+
+    config_class: ClassVar[type[NetworkConfig]]
     provenance: Provenance
     bev_channels: int
     grid: BevGrid
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        config = cls.__dict__.get("config_class")
+        if config is None:
+            return
+        if not (dataclasses.is_dataclass(config) and issubclass(config, NetworkConfig) and config is not NetworkConfig):
+            raise TypeError(f"{cls.__qualname__}.config_class must be a NetworkConfig subclass (a dataclass), got {config!r}")
+        arch = config.arch
+        other = _NETWORKS.get(arch)
+        if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"network arch '{arch}' of {cls.__qualname__} is already taken by {other.__module__}.{other.__qualname__}")
+        _NETWORKS[arch] = cls
 
     def forward_bev(self, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

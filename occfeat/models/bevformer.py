@@ -34,6 +34,27 @@ from occfeat.models.flips import encode_with_flips, flip_bev
 from occfeat.models.lift import project_to_feature_map
 
 
+@dataclass
+class BevFormerConfig(NetworkConfig):
+    """BEVFormer's knobs (Simple-BEV's Bevformernet numbers) on top of the fields every network shares."""
+
+    arch: str = "bevformer"
+    """This network's name in recipes (``network: {arch: bevformer}``)."""
+    layers: int = 6
+    """Number of (self-attn, cross-attn, FFN) layers."""
+    heads: int = 4
+    """Attention heads (N_B must be divisible by it)."""
+    self_points: int = 8
+    """Sampling points per head of the deformable BEV self-attention."""
+    points_per_height: int = 1
+    """Sampling points per head per pillar height in the spatial cross-attention; the pillar heights are
+    the grid's Z_B bin centres (8 heights x 1 point = BEVFormer's 8 points)."""
+    ffn_dim: int = 1028
+    """Hidden width of the feed-forward layers (1028, as in Simple-BEV's implementation)."""
+    dropout: float = 0.1
+    """Dropout on the attention outputs."""
+
+
 def _weighted_samples(value: torch.Tensor, loc: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     s = F.grid_sample(value.float(), loc.float(), mode="bilinear", padding_mode="zeros", align_corners=False)
     return (s * weights.float()[:, None]).sum(-1)
@@ -160,14 +181,12 @@ class SpatialCrossAttention(nn.Module):
 
 
 class BevFormerLayer(nn.Module):
-    def __init__(self, cfg: NetworkConfig, heights: int):
+    def __init__(self, cfg: BevFormerConfig, heights: int):
         super().__init__()
         C = cfg.bev_channels
-        self.self_attn = BevSelfAttention(C, cfg.bevformer_heads, cfg.bevformer_self_points, cfg.bevformer_dropout)
-        self.cross_attn = SpatialCrossAttention(
-            C, cfg.image_channels, cfg.bevformer_heads, heights, cfg.bevformer_points_per_height, cfg.bevformer_dropout
-        )
-        self.ffn = nn.Sequential(nn.Linear(C, cfg.bevformer_ffn_dim), nn.ReLU(inplace=True), nn.Linear(cfg.bevformer_ffn_dim, C))
+        self.self_attn = BevSelfAttention(C, cfg.heads, cfg.self_points, cfg.dropout)
+        self.cross_attn = SpatialCrossAttention(C, cfg.image_channels, cfg.heads, heights, cfg.points_per_height, cfg.dropout)
+        self.ffn = nn.Sequential(nn.Linear(C, cfg.ffn_dim), nn.ReLU(inplace=True), nn.Linear(cfg.ffn_dim, C))
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(C), nn.LayerNorm(C), nn.LayerNorm(C)
 
     def forward(self, q, pos, ref, xy, feats, views, count):
@@ -177,10 +196,12 @@ class BevFormerLayer(nn.Module):
 
 
 class BevFormer(BevNetwork):
-    def __init__(self, cfg: NetworkConfig, grid: BevGrid):
+    config_class = BevFormerConfig
+
+    def __init__(self, cfg: BevFormerConfig, grid: BevGrid):
         super().__init__()
-        if cfg.bev_channels % cfg.bevformer_heads:
-            raise OccfeatError(f"bev_channels={cfg.bev_channels} must be divisible by bevformer_heads={cfg.bevformer_heads}")
+        if cfg.bev_channels % cfg.heads:
+            raise OccfeatError(f"network.bev_channels={cfg.bev_channels} must be divisible by network.heads={cfg.heads}")
         self.grid = grid
         self.bev_channels = cfg.bev_channels
         X, Y, Z = grid.shape
@@ -191,7 +212,7 @@ class BevFormer(BevNetwork):
         self.provenance = self.encoder.provenance
         self.queries = nn.Parameter(0.1 * torch.randn(1, X * Y, cfg.bev_channels))
         self.pos = nn.Parameter(0.1 * torch.randn(1, X * Y, cfg.bev_channels))
-        self.layers = nn.ModuleList(BevFormerLayer(cfg, Z) for _ in range(cfg.bevformer_layers))
+        self.layers = nn.ModuleList(BevFormerLayer(cfg, Z) for _ in range(cfg.layers))
         self.decoder = BevDecoder(cfg.bev_channels)
         # pillars (X·Y·Z, 3), query-major: cell centre (x, y) at every Z bin-centre height
         self.register_buffer("pillars", torch.from_numpy(grid.voxel_centers()).float().reshape(-1, 3), persistent=False)

@@ -7,6 +7,8 @@ back after the decoder (simple_bev segnet.py:401-407, 430-434, 137-140)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -18,8 +20,18 @@ from occfeat.models.flips import encode_with_flips, flip_bev
 from occfeat.models.lift import VoxelLift
 
 
+@dataclass
+class SimpleBevConfig(NetworkConfig):
+    """SimpleBEV: only the fields every network shares (the lift is parameter-free)."""
+
+    arch: str = "simplebev"
+    """This network's name in recipes (``network: {arch: simplebev}``)."""
+
+
 class SimpleBev(BevNetwork):
-    def __init__(self, cfg: NetworkConfig, grid: BevGrid):
+    config_class = SimpleBevConfig
+
+    def __init__(self, cfg: SimpleBevConfig, grid: BevGrid):
         super().__init__()
         self.grid = grid
         self.bev_channels = cfg.bev_channels

@@ -32,7 +32,7 @@ from occfeat.data.index import SampleIndex, is_synthetic
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.losses import MapSegLoss, VehicleSegLoss
-from occfeat.models import BevNetwork, InstanceHeads, NetworkConfig, SegmentationHead, build_network
+from occfeat.models import BevNetwork, InstanceHeads, NetworkConfig, SegmentationHead, SimpleBevConfig, build_network
 from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
 from occfeat.train.evaluate import evaluate, write_metrics
 from occfeat.train.loop import TrainConfig, fit, load_checkpoint
@@ -54,7 +54,7 @@ LABELLED_TOKENS = "labelled_tokens.txt"
 class FinetuneConfig:
     """One finetuning run. Defaults: the paper's SimpleBEV EN-B0 at 224x400 on the Simple-BEV grid."""
 
-    network: NetworkConfig = field(default_factory=NetworkConfig)
+    network: NetworkConfig = field(default_factory=SimpleBevConfig)
     grid: BevGrid = field(default_factory=BevGrid)
     task: str = "vehicle"
     """"vehicle" (1 class) or "map" (the classes of ``gt.map_layers``)."""

@@ -26,7 +26,7 @@ from occfeat.data.index import SampleIndex
 from occfeat.data.occupancy import OccupancyReader
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
-from occfeat.models import NetworkConfig, UnsplatDecoder, build_network
+from occfeat.models import NetworkConfig, SimpleBevConfig, UnsplatDecoder, build_network, upgrade_network_dict
 from occfeat.objectives import ObjectiveConfig, Sources, registry
 from occfeat.objectives.base import Context
 from occfeat.objectives.features import FeaturesConfig
@@ -44,7 +44,7 @@ def _occfeat() -> dict[str, ObjectiveConfig]:
 class PretrainConfig:
     """Everything that defines a pretraining run; recipes in recipes/pretrain/ are deltas over these."""
 
-    network: NetworkConfig = field(default_factory=NetworkConfig)
+    network: NetworkConfig = field(default_factory=SimpleBevConfig)
     """The BEV network (SimpleBEV EN-B0 by default)."""
     grid: BevGrid = field(default_factory=BevGrid)
     """The BEV / occupancy grid (default: Simple-BEV's 200 x 200 x 8 at 0.5 m); the occupancy cache must match."""
@@ -72,10 +72,7 @@ def upgrade_config_dict(saved: dict) -> dict:
             "features": {"weight": lam if loss == "both" else 1.0, "feature_dim": dim} if loss in ("both", "feat") else None,
         }
     if isinstance(d.get("network"), dict):
-        from occfeat import models
-
-        upgrade = getattr(models, "upgrade_network_dict", None)
-        d["network"] = upgrade(d["network"]) if upgrade else d["network"]
+        d["network"] = upgrade_network_dict(d["network"])
     return d
 
 
