@@ -3,7 +3,8 @@
 import pytest
 
 from occfeat.errors import OccfeatError
-from occfeat.train.finetune import FRACTION_DEFAULTS, config_as_dict, config_from_dict, resolve_config, select_labelled
+from occfeat.train.finetune import config_as_dict, config_from_dict, resolve_config
+from occfeat.train.labels import FRACTION_DEFAULTS, select_labelled
 
 TOKENS = [f"tok{i:04d}" for i in range(1000)]
 
@@ -75,7 +76,7 @@ def _fake_pretrain_run(tmp_path, loss="both", **net_changes):
 def test_init_loads_the_pretrained_network_and_stamps_its_identity(tmp_path):
     import torch
 
-    from occfeat.train.finetune import build_model
+    from occfeat.train.init import build_model
 
     run, net = _fake_pretrain_run(tmp_path, loss="occ")
     cfg = resolve_config(TINY, "map", 0.01)
@@ -88,7 +89,7 @@ def test_init_loads_the_pretrained_network_and_stamps_its_identity(tmp_path):
 
 
 def test_init_refuses_another_grid_or_network(tmp_path):
-    from occfeat.train.finetune import build_model
+    from occfeat.train.init import build_model
 
     run, _ = _fake_pretrain_run(tmp_path)
     with pytest.raises(OccfeatError, match="grid"):

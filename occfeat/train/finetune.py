@@ -1,9 +1,10 @@
 """``occfeat finetune``: BEV segmentation (vehicle or map) from a pretrained or ImageNet-initialised
 network on a fraction of the labels (paper §4.1 "Finetuning", Table 1).
 
-- :class:`FinetuneConfig` holds every setting; :data:`FRACTION_DEFAULTS` is the paper's table of
-  finetuning hyper-parameters per label fraction, applied before the recipe and the overrides.
-- :func:`select_labelled` is the label-fraction rule: seeded, deterministic and nested.
+- :class:`FinetuneConfig` holds every setting; the paper's finetuning hyper-parameters per label fraction
+  (:data:`occfeat.train.labels.FRACTION_DEFAULTS`) apply before the recipe and the overrides.
+- :mod:`occfeat.train.labels` holds the label-fraction rule; :mod:`occfeat.train.init` builds the
+  segmentation model from ImageNet weights or a pretraining run.
 - :class:`FinetuneTask` plugs the network + :class:`SegmentationHead` (+ for vehicles Simple-BEV's
   :class:`InstanceHeads`, trained only) and the task's loss module into the generic loop
   (:func:`occfeat.train.loop.fit`); :func:`run_finetune` trains and then evaluates the segmentation
@@ -13,9 +14,7 @@ network on a fraction of the labels (paper §4.1 "Finetuning", Table 1).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,22 +31,17 @@ from occfeat.data.index import SampleIndex, is_synthetic
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.losses import MapSegLoss, VehicleSegLoss
-from occfeat.models import BevNetwork, InstanceHeads, NetworkConfig, SegmentationHead, build_network
+from occfeat.models import InstanceHeads, NetworkConfig, build_network
 from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
 from occfeat.train.evaluate import evaluate, write_metrics
+from occfeat.train.init import SegmentationModel, build_model
+from occfeat.train.labels import (
+    FINETUNE_OPTIM, FRACTION_DEFAULTS, LABELLED_TOKENS, check_fraction, fraction_defaults, read_tokens, select_labelled,
+    write_or_check_tokens,
+)
 from occfeat.train.loop import TrainConfig, fit, load_checkpoint
 from occfeat.files import write_text_atomic, writing
 from occfeat.train.rundir import read_jsonl, rewrite_jsonl, run_started
-
-# Paper §4.1: epochs / starting lr / batch size / gradient accumulation per label fraction, with AdamW,
-# OneCycle and weight decay 1e-7. A fraction between two rows takes the next larger row.
-FRACTION_DEFAULTS: dict[float, dict] = {
-    0.01: {"epochs": 100, "lr": 1e-4, "batch_size": 6, "grad_accum": 1},
-    0.1: {"epochs": 50, "lr": 1e-4, "batch_size": 6, "grad_accum": 1},
-    1.0: {"epochs": 30, "lr": 3e-4, "batch_size": 8, "grad_accum": 5},
-}
-FINETUNE_OPTIM = {"optimizer": "adamw", "schedule": "onecycle", "weight_decay": 1e-7}
-LABELLED_TOKENS = "labelled_tokens.txt"
 
 
 @dataclass
@@ -74,19 +68,6 @@ class FinetuneConfig:
     """Val samples stored in samples.npz (cameras, GT, prediction) for the report's figure."""
 
 
-def fraction_defaults(fraction: float) -> dict:
-    """The :data:`FRACTION_DEFAULTS` row for ``fraction`` (the smallest tabulated fraction >= it)."""
-    check_fraction(fraction)
-    key = min(f for f in FRACTION_DEFAULTS if f >= fraction - 1e-12)
-    return dict(FRACTION_DEFAULTS[key])
-
-
-def check_fraction(fraction: float) -> float:
-    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
-        raise OccfeatError(f"--fraction must be in (0, 1] (e.g. 0.01, 0.1, 1.0), got {fraction}")
-    return float(fraction)
-
-
 def resolve_config(
     recipe: str | Path | None, task: str, fraction: float, overrides: list[str] | dict | None = None
 ) -> FinetuneConfig:
@@ -107,30 +88,6 @@ def resolve_config(
     return cfg
 
 
-def select_labelled(tokens: list[str], fraction: float, seed: int) -> list[str]:
-    """The labelled subset: rank tokens by sha256("<seed>:<token>") and keep the first ceil(f·N) (>= 1).
-
-    Deterministic (no RNG state, independent of the tokens' order) and nested: for one seed the 1 %
-    subset is inside the 10 % one, which is inside the full split. Returned in ranking order.
-    """
-    check_fraction(fraction)
-    if not tokens:
-        raise OccfeatError("the training split has no samples; check --split")
-    ranked = sorted(set(tokens), key=lambda t: hashlib.sha256(f"{seed}:{t}".encode()).hexdigest())
-    n = max(1, math.ceil(fraction * len(ranked) - 1e-9))
-    return ranked[:n]
-
-
-def write_tokens(path: Path, tokens: list[str]) -> None:
-    write_text_atomic(path, "".join(t + "\n" for t in tokens))
-
-
-def read_tokens(path: Path) -> list[str]:
-    if not path.is_file():
-        raise OccfeatError(f"{path} not found; the run dir is incomplete, start it again with occfeat finetune")
-    return [t for t in path.read_text().split() if t]
-
-
 def config_as_dict(cfg: FinetuneConfig) -> dict:
     """JSON-able resolved config (what config.yaml and checkpoints hold)."""
     return to_dict(cfg)
@@ -142,19 +99,6 @@ def config_from_dict(d: dict) -> FinetuneConfig:
 
 
 # ---------------------------------------------------------------- model, data, task
-
-class SegmentationModel(nn.Module):
-    """BEV network + :class:`SegmentationHead`: batch → logits (B, n_classes, X, Y). What evaluation,
-    ``occfeat evaluate`` and the report use."""
-
-    def __init__(self, network: BevNetwork, n_classes: int):
-        super().__init__()
-        self.network = network
-        self.head = SegmentationHead(network.bev_channels, n_classes)
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.head(self.network.forward_bev(batch))
-
 
 # The finetuning objective per task (see occfeat.losses): Simple-BEV's for vehicles, BCE per class for map.
 TASK_LOSSES: dict[str, type[nn.Module]] = {"vehicle": VehicleSegLoss, "map": MapSegLoss}
@@ -236,79 +180,6 @@ class FinetuneTask:
     def config_dict(self) -> dict:
         # What was loaded and from where is part of the run's identity: --resume refuses a change.
         return {**config_as_dict(self.cfg), "init": self.stamp["init"], "data": self.stamp["data"]}
-
-
-# ---------------------------------------------------------------- initialisation
-
-PRETRAIN_MODES = {"both": "occfeat", "occ": "occ", "feat": "feat"}
-# Network settings that may differ between the pretraining run and the finetuning run: where the
-# backbone's weights come from (the pretrained state replaces them).
-WEIGHT_KEYS = ("backbone_weights", "random_init")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise OccfeatError(f"{path} is not valid JSON ({e}); restore it from the pretraining run") from e
-
-
-def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[SegmentationModel, dict]:
-    """The segmentation model and its stamp {"init", "provenance"}.
-
-    ``init`` None: the backbone from ImageNet weights (``network.backbone_weights`` / HF cache), or random
-    when ``network.random_init`` (the paper's "None" row). Otherwise the pretraining run's network
-    (head dropped) from its ``checkpoints/last.pt``, or from the checkpoint file ``init`` names (e.g.
-    ``RUN/checkpoints/epoch_010.pt``); a run with another grid or network is refused.
-    """
-    n_classes = len(task_classes(cfg.task, cfg.gt))
-    torch.manual_seed(cfg.train.seed)  # same recipe and seed → same head (and random backbone) weights
-    if init is None:
-        network = build_network(cfg.network, cfg.grid)
-        prov = network.provenance.as_dict()
-        stamp = {
-            "init": {"run": None, "pretraining": {"mode": "none"}},
-            "provenance": {"backbone": prov, "backbone_random_init": not prov["pretrained"], "teacher_random_init": None},
-        }
-        return SegmentationModel(network, n_classes), stamp
-
-    from occfeat.train.pretrain import load_pretrained_network  # the pretraining stack loads only when asked for
-
-    init = Path(init)
-    run_dir, name = (init.parent.parent, init.name) if init.is_file() else (init, "last.pt")
-    state, pcfg = load_pretrained_network(run_dir, name)
-    p_grid = BevGrid.from_spec(pcfg.get("grid", {}))
-    if p_grid != cfg.grid:
-        raise OccfeatError(f"pretraining run {init} used grid {p_grid.spec()}, this finetune uses {cfg.grid.spec()}; use the same grid")
-    ours = {k: v for k, v in to_dict(cfg.network).items() if k not in WEIGHT_KEYS}
-    theirs = {k: v for k, v in pcfg.get("network", {}).items() if k not in WEIGHT_KEYS}
-    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {theirs.get(k)!r} vs {ours.get(k)!r}" for k in diff[:3])
-        raise OccfeatError(f"pretraining run {init} built another network ({shown}); finetune with its recipe's network settings")
-    # The pretrained state replaces every backbone weight, so no ImageNet file is needed here.
-    network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
-    network.load_state_dict(state)
-    pprov = _read_json(run_dir / "provenance.json") or load_checkpoint(run_dir / "checkpoints" / name)["task"].get("provenance", {})
-    backbone = pprov.get("backbone", {})
-    teacher = pprov.get("teacher", {})
-    stamp = {
-        "init": {
-            "run": str(init.resolve()),
-            "pretraining": {
-                "mode": PRETRAIN_MODES.get(pcfg.get("loss"), str(pcfg.get("loss"))),
-                "lambda": pcfg.get("lam"),
-                "epochs": pcfg.get("train", {}).get("epochs"),
-            },
-        },
-        "provenance": {
-            "backbone": backbone,
-            "backbone_random_init": not backbone.get("pretrained", True),
-            "teacher": teacher,
-            "teacher_random_init": (not teacher["pretrained"]) if "pretrained" in teacher else None,
-        },
-    }
-    return SegmentationModel(network, n_classes), stamp
 
 
 # ---------------------------------------------------------------- run + evaluate
@@ -395,7 +266,7 @@ def run_finetune(
     for stop in [*stops, total]:
         summary = fit(task, dataclasses.replace(cfg.train, max_steps=stop), out, resume=resume or not first)
         if first:
-            _write_or_check_tokens(out / LABELLED_TOKENS, labelled)
+            write_or_check_tokens(out / LABELLED_TOKENS, labelled)
             first = False
         if stop == total or stop in done_evals or not _is_main_process():
             continue
@@ -408,11 +279,6 @@ def run_finetune(
     info.update(step=summary["step"], epoch=summary["epoch"], checkpoint=str(summary["checkpoint"]))
     return write_metrics(out, result, info, samples)
 
-
-def _write_or_check_tokens(path: Path, tokens: list[str]) -> None:
-    if path.is_file() and read_tokens(path) != tokens:
-        raise OccfeatError(f"{path} lists other labelled samples than this run selects; the dataroot changed, start a new --out")
-    write_tokens(path, tokens)
 
 
 def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True) -> dict:

@@ -1,0 +1,107 @@
+"""The segmentation model a finetuning run starts from: the BEV network + a new segmentation head, the
+network from ImageNet weights (or random, the paper's "None" row) or from a pretraining run's checkpoint
+(:func:`build_model`), with the stamp of what it was built from."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from occfeat.config import to_dict
+from occfeat.data.gt import task_classes
+from occfeat.errors import OccfeatError
+from occfeat.grid import BevGrid
+from occfeat.models import BevNetwork, SegmentationHead, build_network
+from occfeat.train.loop import load_checkpoint
+
+if TYPE_CHECKING:
+    from occfeat.train.finetune import FinetuneConfig
+
+
+class SegmentationModel(nn.Module):
+    """BEV network + :class:`SegmentationHead`: batch → logits (B, n_classes, X, Y). What evaluation,
+    ``occfeat evaluate`` and the report use."""
+
+    def __init__(self, network: BevNetwork, n_classes: int):
+        super().__init__()
+        self.network = network
+        self.head = SegmentationHead(network.bev_channels, n_classes)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head(self.network.forward_bev(batch))
+
+
+PRETRAIN_MODES = {"both": "occfeat", "occ": "occ", "feat": "feat"}
+# Network settings that may differ between the pretraining run and the finetuning run: where the
+# backbone's weights come from (the pretrained state replaces them).
+WEIGHT_KEYS = ("backbone_weights", "random_init")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise OccfeatError(f"{path} is not valid JSON ({e}); restore it from the pretraining run") from e
+
+
+def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[SegmentationModel, dict]:
+    """The segmentation model and its stamp {"init", "provenance"}.
+
+    ``init`` None: the backbone from ImageNet weights (``network.backbone_weights`` / HF cache), or random
+    when ``network.random_init`` (the paper's "None" row). Otherwise the pretraining run's network
+    (head dropped) from its ``checkpoints/last.pt``, or from the checkpoint file ``init`` names (e.g.
+    ``RUN/checkpoints/epoch_010.pt``); a run with another grid or network is refused.
+    """
+    n_classes = len(task_classes(cfg.task, cfg.gt))
+    torch.manual_seed(cfg.train.seed)  # same recipe and seed → same head (and random backbone) weights
+    if init is None:
+        network = build_network(cfg.network, cfg.grid)
+        prov = network.provenance.as_dict()
+        stamp = {
+            "init": {"run": None, "pretraining": {"mode": "none"}},
+            "provenance": {"backbone": prov, "backbone_random_init": not prov["pretrained"], "teacher_random_init": None},
+        }
+        return SegmentationModel(network, n_classes), stamp
+
+    from occfeat.train.pretrain import load_pretrained_network  # the pretraining stack loads only when asked for
+
+    init = Path(init)
+    run_dir, name = (init.parent.parent, init.name) if init.is_file() else (init, "last.pt")
+    state, pcfg = load_pretrained_network(run_dir, name)
+    p_grid = BevGrid.from_spec(pcfg.get("grid", {}))
+    if p_grid != cfg.grid:
+        raise OccfeatError(f"pretraining run {init} used grid {p_grid.spec()}, this finetune uses {cfg.grid.spec()}; use the same grid")
+    ours = {k: v for k, v in to_dict(cfg.network).items() if k not in WEIGHT_KEYS}
+    theirs = {k: v for k, v in pcfg.get("network", {}).items() if k not in WEIGHT_KEYS}
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {theirs.get(k)!r} vs {ours.get(k)!r}" for k in diff[:3])
+        raise OccfeatError(f"pretraining run {init} built another network ({shown}); finetune with its recipe's network settings")
+    # The pretrained state replaces every backbone weight, so no ImageNet file is needed here.
+    network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
+    network.load_state_dict(state)
+    pprov = _read_json(run_dir / "provenance.json") or load_checkpoint(run_dir / "checkpoints" / name)["task"].get("provenance", {})
+    backbone = pprov.get("backbone", {})
+    teacher = pprov.get("teacher", {})
+    stamp = {
+        "init": {
+            "run": str(init.resolve()),
+            "pretraining": {
+                "mode": PRETRAIN_MODES.get(pcfg.get("loss"), str(pcfg.get("loss"))),
+                "lambda": pcfg.get("lam"),
+                "epochs": pcfg.get("train", {}).get("epochs"),
+            },
+        },
+        "provenance": {
+            "backbone": backbone,
+            "backbone_random_init": not backbone.get("pretrained", True),
+            "teacher": teacher,
+            "teacher_random_init": (not teacher["pretrained"]) if "pretrained" in teacher else None,
+        },
+    }
+    return SegmentationModel(network, n_classes), stamp
