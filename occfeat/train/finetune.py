@@ -33,14 +33,15 @@ from occfeat.grid import BevGrid
 from occfeat.losses import MapSegLoss, VehicleSegLoss
 from occfeat.models import InstanceHeads, NetworkConfig, build_network
 from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
-from occfeat.train.evaluate import evaluate, write_metrics
+from occfeat.train.evaluate import evaluate, write_samples
 from occfeat.train.init import SegmentationModel, build_model
 from occfeat.train.labels import (
     FINETUNE_OPTIM, FRACTION_DEFAULTS, LABELLED_TOKENS, check_fraction, fraction_defaults, read_tokens, select_labelled,
     write_or_check_tokens,
 )
 from occfeat.train.loop import TrainConfig, fit, load_checkpoint
-from occfeat.files import write_text_atomic, writing
+from occfeat.train.records import FinetuneMetrics, PretrainingStamp, Provenance
+from occfeat.files import writing
 from occfeat.train.rundir import read_jsonl, rewrite_jsonl, run_started
 
 
@@ -154,6 +155,9 @@ class FinetuneTask:
     training-only heads and loss weights under "aux" and "objective"."""
 
     def __init__(self, cfg: FinetuneConfig, model: SegmentationModel, train_set: SegmentationDataset, stamp: dict):
+        """``stamp``: what the run stands on, kept in every checkpoint: {"init": the
+        :class:`PretrainingStamp` as a dict, "provenance": the :class:`Provenance` as a dict, "data":
+        dataroot, version, splits and ground-truth cache}."""
         self.cfg, self.segmentation, self.train_set, self.stamp = cfg, model, train_set, stamp
         torch.manual_seed(cfg.train.seed + 1)  # the auxiliary heads: same recipe and seed, same weights
         self.model = FinetuneModel(model, cfg.task)
@@ -192,24 +196,16 @@ def _device(cfg: FinetuneConfig) -> torch.device:
     return torch.device(cfg.train.device)
 
 
-def run_info(cfg: FinetuneConfig, stamp: dict, dataroot: Path, version: str, split: str, n_labelled: int) -> dict:
-    """The metrics.json fields that say what was trained and on what (see occfeat.train.evaluate)."""
-    return {
-        "task": cfg.task,
-        "classes": list(task_classes(cfg.task, cfg.gt)),
-        "fraction": cfg.fraction,
-        "seed": cfg.train.seed,
-        "split": split,
-        "arch": cfg.network.arch,
-        "backbone": cfg.network.backbone,
-        "input_size": list(cfg.input_size),
-        "pretraining": stamp["init"]["pretraining"],
-        "init_run": stamp["init"]["run"],
-        "provenance": {"synthetic_data": is_synthetic(dataroot), **stamp["provenance"]},
-        "dataroot": str(Path(dataroot).resolve()),
-        "version": version,
-        "labelled_samples": n_labelled,
-    }
+def finetune_metrics(
+    cfg: FinetuneConfig, pretraining: PretrainingStamp, provenance: Provenance, n_labelled: int, result: dict, **where
+) -> FinetuneMetrics:
+    """The run's record from its config, what it started from, and ``result`` (the IoU summary of
+    :func:`occfeat.train.evaluate.evaluate`); ``where``: split, dataroot, version, step, epoch, checkpoint."""
+    return FinetuneMetrics(
+        task=cfg.task, fraction=cfg.fraction, seed=cfg.train.seed, labelled_samples=n_labelled, arch=cfg.network.arch,
+        backbone=cfg.network.backbone, input_size=tuple(cfg.input_size), classes=list(task_classes(cfg.task, cfg.gt)),
+        pretraining=pretraining, provenance=provenance, **result, **where,
+    )
 
 
 def _is_main_process() -> bool:
@@ -227,8 +223,9 @@ def run_finetune(
     resume: bool = False,
     gt_cache: str | Path | None = None,
     progress: bool = True,
-) -> dict:
-    """Train on the labelled subset of ``split``, evaluate on ``val_split``; returns the metrics dict.
+) -> FinetuneMetrics | None:
+    """Train on the labelled subset of ``split``, evaluate on ``val_split``; returns the run's record
+    (None on the other ranks of a distributed run).
 
     Run dir: fit's files (config.yaml, metrics.jsonl, checkpoints/) plus ``labelled_tokens.txt``,
     ``metrics.json``, ``samples.npz`` and, with ``eval_every``, ``eval.jsonl`` (one row per evaluation).
@@ -243,12 +240,13 @@ def run_finetune(
     chosen = set(select_labelled(train_index.tokens, cfg.fraction, cfg.train.seed))
     labelled = [t for t in train_index.tokens if t in chosen]  # the split's order, for readability
     gt_folder = Path(gt_cache) if gt_cache is not None else out.resolve().parent / "gt-cache"
-    model, stamp = build_model(cfg, init)
-    stamp["data"] = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split, "val_split": val_split, "gt_cache": str(gt_folder)}
+    model, pretraining, provenance = build_model(cfg, init)
+    provenance = dataclasses.replace(provenance, synthetic_data=is_synthetic(dataroot))
+    data = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split, "val_split": val_split, "gt_cache": str(gt_folder)}
+    stamp = {"init": pretraining.to_dict(), "provenance": provenance.to_dict(), "data": data}
     train_set = segmentation_set(train_index, labelled, cfg, gt_folder, train=True, progress=progress)
     val_set = segmentation_set(val_index, val_index.tokens, cfg, gt_folder, train=False, progress=progress)
     task = FinetuneTask(cfg, model, train_set, stamp)
-    info = run_info(cfg, stamp, Path(dataroot), version, val_split, len(labelled))
 
     # Evaluate every k epochs by running the loop in chunks (train.max_steps may change on resume).
     steps_per_epoch = max(1, len(train_set) // cfg.train.batch_size // cfg.train.grad_accum)
@@ -274,17 +272,20 @@ def run_finetune(
         with writing(eval_log, then="rerun with --resume"), open(eval_log, "a") as f:
             f.write(json.dumps({"step": summary["step"], "epoch": summary["epoch"], "mean_iou": result["mean_iou"], "iou": result["iou"]}) + "\n")
     if not _is_main_process():
-        return {}
+        return None
     result, samples = evaluate(model, val_set, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
-    info.update(step=summary["step"], epoch=summary["epoch"], checkpoint=str(summary["checkpoint"]))
-    return write_metrics(out, result, info, samples)
+    metrics = finetune_metrics(cfg, pretraining, provenance, len(labelled), result, split=val_split, dataroot=data["dataroot"],
+                               version=version, step=summary["step"], epoch=summary["epoch"], checkpoint=str(summary["checkpoint"]))
+    metrics.write(out)
+    write_samples(out, samples)
+    return metrics
 
 
 
-def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True) -> dict:
+def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True) -> FinetuneMetrics:
     """Re-evaluate a finetune run's last checkpoint on ``split`` (default: its val split); rewrites
     ``metrics.json`` and ``samples.npz`` when that is the run's own val split, else writes
-    ``metrics-<split>.json``. Returns the metrics dict."""
+    ``metrics-<split>.json``. Returns the record."""
     run_dir = Path(run_dir)
     retrain = f"move it aside and rerun the finetune command with --out {run_dir} --resume to train it again"
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", if_damaged=retrain)
@@ -303,11 +304,15 @@ def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | 
     model.load_state_dict(payload["model"])
     dataset = segmentation_set(index, index.tokens, cfg, Path(data["gt_cache"]), train=False, progress=progress)
     labelled = read_tokens(run_dir / LABELLED_TOKENS)
-    info = run_info(cfg, payload, root, data["version"], split, len(labelled))
-    info.update(step=ckpt["step"], epoch=ckpt["epoch"], checkpoint=str(run_dir / "checkpoints" / "last.pt"))
+    # Checkpoints written before the typed records hold the old stamp: the records read it.
+    pretraining = PretrainingStamp.from_dict(payload.get("init"))
+    provenance = dataclasses.replace(Provenance.from_dict(payload.get("provenance")), synthetic_data=is_synthetic(root))
     result, samples = evaluate(model, dataset, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
+    metrics = finetune_metrics(cfg, pretraining, provenance, len(labelled), result, split=split, dataroot=str(root.resolve()),
+                               version=data["version"], step=ckpt["step"], epoch=ckpt["epoch"], checkpoint=str(run_dir / "checkpoints" / "last.pt"))
     if split == data["val_split"]:
-        return write_metrics(run_dir, result, info, samples)
-    metrics = {**info, **result}
-    write_text_atomic(run_dir / f"metrics-{split}.json", json.dumps(metrics, indent=2))
+        metrics.write(run_dir)
+        write_samples(run_dir, samples)
+    else:
+        metrics.write(run_dir, f"metrics-{split}.json")
     return metrics

@@ -18,6 +18,7 @@ from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.models import BevNetwork, SegmentationHead, build_network
 from occfeat.train.loop import load_checkpoint
+from occfeat.train.records import PretrainingStamp, Provenance, legacy_pretraining_stamp
 
 if TYPE_CHECKING:
     from occfeat.train.finetune import FinetuneConfig
@@ -36,7 +37,6 @@ class SegmentationModel(nn.Module):
         return self.head(self.network.forward_bev(batch))
 
 
-PRETRAIN_MODES = {"both": "occfeat", "occ": "occ", "feat": "feat"}
 # Network settings that may differ between the pretraining run and the finetuning run: where the
 # backbone's weights come from (the pretrained state replaces them).
 WEIGHT_KEYS = ("backbone_weights", "random_init")
@@ -49,8 +49,9 @@ def _read_json(path: Path) -> dict:
         raise OccfeatError(f"{path} is not valid JSON ({e}); restore it from the pretraining run") from e
 
 
-def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[SegmentationModel, dict]:
-    """The segmentation model and its stamp {"init", "provenance"}.
+def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[SegmentationModel, PretrainingStamp, Provenance]:
+    """The segmentation model, the stamp of the pretraining it starts from and the provenance of its
+    weights (``synthetic_data`` is the caller's to set: it depends on the dataroot, not the model).
 
     ``init`` None: the backbone from ImageNet weights (``network.backbone_weights`` / HF cache), or random
     when ``network.random_init`` (the paper's "None" row). Otherwise the pretraining run's network
@@ -61,12 +62,9 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
     torch.manual_seed(cfg.train.seed)  # same recipe and seed → same head (and random backbone) weights
     if init is None:
         network = build_network(cfg.network, cfg.grid)
-        prov = network.provenance.as_dict()
-        stamp = {
-            "init": {"run": None, "pretraining": {"mode": "none"}},
-            "provenance": {"backbone": prov, "backbone_random_init": not prov["pretrained"], "teacher_random_init": None},
-        }
-        return SegmentationModel(network, n_classes), stamp
+        backbone = network.provenance.as_dict()
+        provenance = Provenance(backbone_random_init=not backbone["pretrained"], backbone=backbone)
+        return SegmentationModel(network, n_classes), PretrainingStamp(), provenance
 
     from occfeat.train.pretrain import load_pretrained_network  # the pretraining stack loads only when asked for
 
@@ -86,22 +84,16 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
     network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
     network.load_state_dict(state)
     pprov = _read_json(run_dir / "provenance.json") or load_checkpoint(run_dir / "checkpoints" / name)["task"].get("provenance", {})
-    backbone = pprov.get("backbone", {})
-    teacher = pprov.get("teacher", {})
-    stamp = {
-        "init": {
-            "run": str(init.resolve()),
-            "pretraining": {
-                "mode": PRETRAIN_MODES.get(pcfg.get("loss"), str(pcfg.get("loss"))),
-                "lambda": pcfg.get("lam"),
-                "epochs": pcfg.get("train", {}).get("epochs"),
-            },
-        },
-        "provenance": {
-            "backbone": backbone,
-            "backbone_random_init": not backbone.get("pretrained", True),
-            "teacher": teacher,
-            "teacher_random_init": (not teacher["pretrained"]) if "pretrained" in teacher else None,
-        },
-    }
-    return SegmentationModel(network, n_classes), stamp
+    backbone, teacher = pprov.get("backbone", {}), pprov.get("teacher", {})
+    provenance = Provenance(
+        backbone_random_init=not backbone.get("pretrained", True),
+        teacher_random_init=(not teacher["pretrained"]) if "pretrained" in teacher else None,
+        backbone=backbone,
+        teacher=teacher,
+    )
+    # Today's pretraining config still names a loss mode; the stamp is read from it by the legacy reader.
+    try:
+        stamp = legacy_pretraining_stamp({**pcfg, "run": str(init.resolve())})
+    except ValueError as e:
+        raise OccfeatError(f"pretraining run {init}: {e}; finetune from a run of `occfeat pretrain`") from e
+    return SegmentationModel(network, n_classes), stamp, provenance
