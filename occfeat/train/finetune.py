@@ -281,7 +281,6 @@ def run_finetune(
     return metrics
 
 
-
 def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True) -> FinetuneMetrics:
     """Re-evaluate a finetune run's last checkpoint on ``split`` (default: its val split); rewrites
     ``metrics.json`` and ``samples.npz`` when that is the run's own val split, else writes
