@@ -139,9 +139,9 @@ def test_damaged_last_pt_advice_works_for_resume_and_init(tmp_path):
     with pytest.raises(OccfeatError) as e:
         build_model(ft, prun)
     assert f"pass one of {ckpts}/epoch_*.pt as --init instead" in one_line(e)
-    model, stamp = build_model(ft, ckpts / "epoch_001.pt")
+    model, stamp, _ = build_model(ft, ckpts / "epoch_001.pt")
     assert all(torch.equal(model.network.state_dict()[k], v) for k, v in net.state_dict().items())
-    assert stamp["init"]["run"].endswith("epoch_001.pt") and stamp["init"]["pretraining"]["mode"] == "occ"
+    assert stamp.run.endswith("epoch_001.pt") and stamp.label == "Occ"
 
 
 # ---------------------------------------------------------------- item 4: run dirs that always continue
