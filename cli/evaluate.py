@@ -24,4 +24,4 @@ def evaluate(
 
     metrics = run_evaluate(run_dir, split=split, dataroot=dataroot, progress=progress)
     print_metrics(metrics)
-    console.print(f"evaluated step {metrics['step']} of {run_dir}", highlight=False)
+    console.print(f"evaluated step {metrics.step} of {run_dir}", highlight=False)

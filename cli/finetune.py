@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cli.common import console, one_line_errors, resume_advice
 from cli.main import app
 
+if TYPE_CHECKING:
+    from occfeat.train.records import FinetuneMetrics
 
-def print_metrics(m: dict) -> None:
-    ious = " ".join(f"{k}={100 * v:.1f}" for k, v in m["iou"].items())
-    flags = [name for name in ("synthetic_data", "backbone_random_init", "teacher_random_init") if m["provenance"].get(name)]
-    console.print(f"{m['task']} IoU on {m['split']} ({m['fraction']:g} of the labels): mean {100 * m['mean_iou']:.1f} | {ious}", highlight=False)
+
+def print_metrics(m: FinetuneMetrics) -> None:
+    ious = " ".join(f"{k}={100 * v:.1f}" for k, v in m.iou.items())
+    flags = [name for name in ("synthetic_data", "backbone_random_init", "teacher_random_init") if getattr(m.provenance, name)]
+    console.print(f"{m.task} IoU on {m.split} ({m.fraction:g} of the labels, {m.labelled_samples} samples): mean {100 * m.mean_iou:.1f} | {ious}", highlight=False)
     if flags:
         console.print(f"note: {', '.join(flags)}: not comparable to the paper's numbers (recorded in metrics.json)", highlight=False)
 
@@ -52,5 +56,5 @@ def finetune(
     cfg = resolve_config(recipe, task, fraction, delta)
     metrics = run_finetune(cfg, dataroot, version, out, init=init, split=split, val_split=val_split, resume=resume, gt_cache=gt_cache, progress=progress)
     if metrics:
-        console.print(f"finetuned {metrics['step']} steps on {metrics['labelled_samples']} labelled samples; wrote {out / 'metrics.json'}", highlight=False)
+        console.print(f"finetuned {metrics.step} steps on {metrics.labelled_samples} labelled samples; wrote {out / 'metrics.json'}", highlight=False)
         print_metrics(metrics)

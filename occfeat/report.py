@@ -1,10 +1,11 @@
 """``occfeat report``: finetune runs → the paper's Table 1 (terminal, Markdown, CSV) and plots.
 
-Each run dir holds the ``metrics.json`` written by ``occfeat finetune``/``evaluate`` (schema in
-``occfeat/train/finetune.py``). Runs are grouped by (architecture, backbone, input size, pretraining,
-provenance marks); the columns are task x label fraction. Several seeds of one setting become
-mean ± sample std (ddof=1). Every pretrained row shows its delta against the "None" row of the same
-architecture, backbone and input size and the same data/backbone provenance.
+Each run dir holds the ``metrics.json`` written by ``occfeat finetune``/``evaluate``, read only through
+:class:`occfeat.train.records.FinetuneMetrics`. Runs are grouped by (architecture, backbone, input size,
+pretraining, provenance marks); the columns are task x label fraction, and every column says how many
+labelled samples its runs saw before finetuning. Several seeds of one setting become mean ± sample std
+(ddof=1). Every pretrained row shows its delta against the "None" row of the same architecture, backbone
+and input size, the same number of labelled samples and the same data/backbone provenance.
 
 Provenance marks (one footnote legend under every table): rows whose numbers depend on random-init
 weights or on synthetic data must never pass for paper-comparable results.
@@ -12,7 +13,6 @@ weights or on synthetic data must never pass for paper-comparable results.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -21,11 +21,10 @@ import pandas as pd
 
 from occfeat.errors import OccfeatError
 from occfeat.files import writing
+from occfeat.tasks import TASKS
+from occfeat.train.records import NONE_LABEL, FinetuneMetrics
 
-TASKS = {"vehicle": "Vehicles", "map": "Map"}
-FRACTIONS = (0.01, 0.1, 1.0)
-NONE = "None"
-MODE_LABELS = {"occ": "Occ", "feat": "Feat", "occfeat": "OccFeat"}
+NONE = NONE_LABEL
 # Footnote markers: (provenance flag, marker, legend text).
 MARKS = (
     ("synthetic_data", "§", "synthetic data (occfeat synth): not comparable to nuScenes numbers"),
@@ -37,53 +36,24 @@ DELTA_MARKS = ("synthetic_data", "backbone_random_init")
 ROW_KEYS = ["arch", "backbone", "input", "pretraining", "marks"]
 
 
-def pretraining_label(p: dict | None) -> str:
-    """Row label of a pretraining: "None", or e.g. "Occ+Feat (50 ep, λ=0.01)" / "Occ (100 ep)"."""
-    if p and "label" in p:
-        if p["label"] == NONE:
-            return NONE
-        parts = [f"{p['epochs']} ep"] if p.get("epochs") is not None else []
-        parts += [f"{'λ' if n == 'features' else n}={o['weight']:g}" for n, o in (p.get("objectives") or {}).items() if o.get("weight", 1.0) != 1.0]
-        return f"{p['label']} ({', '.join(parts)})" if parts else p["label"]
-    if not p or p.get("mode") in (None, "none"):
-        return NONE
-    mode = p["mode"]
-    label = MODE_LABELS.get(mode, mode)
-    parts = [f"{p['epochs']} ep"] if p.get("epochs") is not None else []
-    if mode == "occfeat" and p.get("lambda") is not None:
-        parts.append(f"λ={p['lambda']:g}")
-    return f"{label} ({', '.join(parts)})" if parts else label
-
-
 def load_run(run_dir: str | Path) -> dict:
-    """One flat record from a run dir's ``metrics.json``; one-line error naming the dir otherwise."""
-    run_dir = Path(run_dir)
-    path = run_dir / "metrics.json"
-    if not run_dir.is_dir():
-        raise OccfeatError(f"{run_dir} is not a directory; pass finetune run dirs")
-    if not path.is_file():
-        raise OccfeatError(f"{run_dir} has no metrics.json: not a finished finetune run (run occfeat finetune or occfeat evaluate on it)")
-    try:
-        m = json.loads(path.read_text())
-        prov = m.get("provenance", {})
-        rec = {
-            "run": str(run_dir),
-            "arch": m["arch"],
-            "backbone": m["backbone"],
-            "input": "×".join(str(v) for v in m["input_size"]),
-            "pretraining": pretraining_label(m.get("pretraining")),
-            "task": m["task"],
-            "fraction": float(m["fraction"]),
-            "seed": m.get("seed"),
-            "iou": float(m["mean_iou"]),
-            **{flag: bool(prov.get(flag, False)) for flag, _, _ in MARKS},
-        }
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise OccfeatError(f"{path} is not a valid finetune metrics.json ({type(e).__name__}: {e}); rerun occfeat evaluate on {run_dir}") from e
-    if rec["task"] not in TASKS:
-        raise OccfeatError(f"{path}: unknown task '{rec['task']}' (expected {', '.join(TASKS)})")
-    rec["marks"] = "".join(mark for flag, mark, _ in MARKS if rec[flag])
-    return rec
+    """One flat row for the tables from a run dir's record; one-line error naming the dir otherwise."""
+    m = FinetuneMetrics.read(run_dir)
+    flags = {flag: bool(getattr(m.provenance, flag)) for flag, _, _ in MARKS}
+    return {
+        "run": str(run_dir),
+        "arch": m.arch,
+        "backbone": m.backbone,
+        "input": "×".join(str(v) for v in m.input_size),
+        "pretraining": m.pretraining.row_label(),
+        "task": m.task,
+        "fraction": m.fraction,
+        "labelled": m.labelled_samples,
+        "seed": m.seed,
+        "iou": m.mean_iou,
+        **flags,
+        "marks": "".join(mark for flag, mark, _ in MARKS if flags[flag]),
+    }
 
 
 def collect(run_dirs: list[str | Path]) -> pd.DataFrame:
@@ -94,16 +64,16 @@ def collect(run_dirs: list[str | Path]) -> pd.DataFrame:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (setting, task, fraction): mean, std (ddof=1, NaN for one seed), n, delta vs None."""
-    keys = ROW_KEYS + ["task", "fraction"]
+    """One row per (setting, task, fraction, labelled samples): mean, std (ddof=1, NaN for one seed), n
+    (runs), delta vs the None row that saw as many labelled samples."""
+    keys = ROW_KEYS + ["task", "fraction", "labelled"]
     flags = [flag for flag, _, _ in MARKS]
     g = runs.groupby(keys, sort=False, dropna=False)
     out = g["iou"].agg(mean="mean", std="std", n="count").reset_index()
     out = out.merge(g[flags].first().reset_index(), on=keys)
-    none = out[out["pretraining"] == NONE][["arch", "backbone", "input", "task", "fraction", *DELTA_MARKS, "mean"]]
-    out = out.merge(
-        none.rename(columns={"mean": "none_mean"}), on=["arch", "backbone", "input", "task", "fraction", *DELTA_MARKS], how="left"
-    )
+    same = ["arch", "backbone", "input", "task", "fraction", "labelled", *DELTA_MARKS]
+    none = out[out["pretraining"] == NONE][[*same, "mean"]]
+    out = out.merge(none.rename(columns={"mean": "none_mean"}), on=same, how="left")
     out["delta"] = np.where(out["pretraining"] == NONE, np.nan, out["mean"] - out["none_mean"])
     return out.drop(columns="none_mean")
 
@@ -117,19 +87,23 @@ def _cell(mean: float, std: float, n: int, delta: float) -> str:
     return text
 
 
-def column_name(task: str, fraction: float) -> str:
-    return f"{TASKS[task]} {100 * fraction:g}%"
+def column_name(task: str, fraction: float, labelled: int) -> str:
+    """E.g. "Vehicles 1% (282 labelled)": the column says how many labelled samples its runs saw."""
+    return f"{TASKS[task]} {100 * fraction:g}% ({labelled} labelled)"
 
 
 def wide_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The paper's Table 1 layout: rows arch/backbone/input/pretraining(+marks), columns task x fraction,
+    """The paper's Table 1 layout: rows arch/backbone/input/pretraining(+marks), columns task x fraction
+    x labelled samples (one column per count: runs on datasets of other sizes never share a column),
     cells "IoU[ ± std] (delta)" in IoU points (x100); "-" where no run exists."""
-    fractions = sorted(set(FRACTIONS) | set(summary["fraction"]))
-    columns = [column_name(t, f) for t in TASKS for f in fractions if ((summary["task"] == t) & (summary["fraction"] == f)).any()]
+    cols = summary[["task", "fraction", "labelled"]].drop_duplicates()
+    order = {t: i for i, t in enumerate(TASKS)}
+    cols = sorted(cols.itertuples(index=False), key=lambda c: (order[c.task], c.fraction, c.labelled))
+    columns = [column_name(c.task, c.fraction, c.labelled) for c in cols]
     rows: dict[tuple, dict] = {}
     for r in summary.itertuples(index=False):
         key = (r.arch, r.backbone, r.input, r.pretraining + r.marks)
-        rows.setdefault(key, {})[column_name(r.task, r.fraction)] = _cell(r.mean, r.std, r.n, r.delta)
+        rows.setdefault(key, {})[column_name(r.task, r.fraction, r.labelled)] = _cell(r.mean, r.std, r.n, r.delta)
     # None first within each architecture/backbone, then the pretrainings in name order.
     order = sorted(rows, key=lambda k: (k[0], k[1], k[2], not k[3].startswith(NONE), k[3]))
     table = pd.DataFrame([{c: rows[k].get(c, "-") for c in columns} for k in order], columns=columns)
@@ -139,7 +113,8 @@ def wide_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def legend(summary: pd.DataFrame) -> list[str]:
     """Footnote lines for the marks present, plus how to read the cells."""
-    lines = ["IoU x100 over the val split; several seeds: mean ± std; (±x): delta against the None row."]
+    lines = ["IoU x100 over the val split; (N labelled): labelled samples each run saw before finetuning; "
+             "several seeds: mean ± std; (±x): delta against the None row."]
     lines += [f"{mark} {text}" for flag, mark, text in MARKS if summary[flag].any()]
     return lines
 

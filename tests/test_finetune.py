@@ -3,7 +3,8 @@
 import pytest
 
 from occfeat.errors import OccfeatError
-from occfeat.train.finetune import FRACTION_DEFAULTS, config_as_dict, config_from_dict, resolve_config, select_labelled
+from occfeat.train.finetune import config_as_dict, config_from_dict, resolve_config
+from occfeat.train.labels import FRACTION_DEFAULTS, select_labelled
 
 TOKENS = [f"tok{i:04d}" for i in range(1000)]
 
@@ -75,21 +76,23 @@ def _fake_pretrain_run(tmp_path, objectives=None, **net_changes):
 def test_init_loads_the_pretrained_network_and_stamps_its_identity(tmp_path):
     import torch
 
-    from occfeat.train.finetune import build_model
+    from occfeat.train.init import build_model
 
     run, net = _fake_pretrain_run(tmp_path, objectives={"features": None})
     cfg = resolve_config(TINY, "map", 0.01)
-    model, stamp = build_model(cfg, run)
+    model, stamp, provenance = build_model(cfg, run)
     for k, v in net.state_dict().items():
         assert torch.equal(model.network.state_dict()[k], v), k
     assert model.head.net[-1].out_channels == 5
-    want = {"label": "Occ", "objectives": {"occupancy": {"weight": 1.0}}, "epochs": 2, "run": str((run / "checkpoints" / "last.pt").resolve())}
-    assert stamp["init"]["pretraining"] == want
-    assert stamp["provenance"]["teacher_random_init"] is True and stamp["provenance"]["backbone_random_init"] is True
+    want = ("Occ", {"occupancy": {"weight": 1}}, 2, str(run.resolve()))
+    assert (stamp.label, stamp.objectives, stamp.epochs, stamp.run) == want
+    assert provenance.teacher_random_init is True and provenance.backbone_random_init is True
+    _, stamp, _ = build_model(cfg, _fake_pretrain_run(tmp_path / "occfeat")[0])  # the default objectives: OccFeat, λ 0.01
+    assert stamp.row_label() == "Occ+Feat (2 ep, λ=0.01)"
 
 
 def test_init_refuses_another_grid_or_network(tmp_path):
-    from occfeat.train.finetune import build_model
+    from occfeat.train.init import build_model
 
     run, _ = _fake_pretrain_run(tmp_path)
     with pytest.raises(OccfeatError, match="grid"):
@@ -110,6 +113,7 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
 
     import cli.main  # noqa: F401 - registers every command
     from occfeat.report import write_report
+    from occfeat.train.records import FinetuneMetrics, PretrainingStamp
 
     out = tmp_path / "runs" / "none-vehicle"
     args = ["finetune", "--recipe", TINY, "--dataroot", str(synth_root), "--version", "v1.0-mini", "--task", "vehicle",
@@ -119,11 +123,11 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
     assert res.exit_code == 0, res.output
     labelled = (out / "labelled_tokens.txt").read_text().split()
     assert len(labelled) == 3  # ceil(0.5 * 6 key frames of mini_train)
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["step"] == 2 and m["task"] == "vehicle" and m["labelled_samples"] == 3
-    assert 0.0 <= m["iou"]["vehicle"] <= 1.0 and m["union"]["vehicle"] > 0
-    assert m["provenance"]["synthetic_data"] and m["provenance"]["backbone_random_init"]
-    assert m["pretraining"] == {"label": "None", "objectives": {}, "epochs": None, "run": None}
+    m = FinetuneMetrics.read(out)
+    assert m.step == 2 and m.task == "vehicle" and m.labelled_samples == 3 and m.split == "mini_val"
+    assert 0.0 <= m.iou["vehicle"] <= 1.0 and m.union["vehicle"] > 0
+    assert m.provenance.synthetic_data and m.provenance.backbone_random_init
+    assert m.pretraining == PretrainingStamp() and json.loads((out / "metrics.json").read_text())["pretraining"]["label"] == "None"
     assert (tmp_path / "runs" / "gt-cache").is_dir()  # shared by sibling runs
     # Simple-BEV's objective: every term and learned weight logged; the weights (trained) and the
     # instance heads are in the checkpoint, outside the segmentation model that evaluation reads.
@@ -141,7 +145,8 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
     # evaluate re-reads the last checkpoint and reproduces the numbers
     res = CliRunner().invoke(cli.main.app, ["evaluate", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert json.loads((out / "metrics.json").read_text())["intersection"] == m["intersection"]
+    again = FinetuneMetrics.read(out)
+    assert again.intersection == m.intersection and again.step == m.step and again.pretraining == m.pretraining
 
     # an existing run dir without --resume, and a bad fraction: one-line errors
     res = CliRunner().invoke(cli.main.app, args)
@@ -150,7 +155,8 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
     assert res.exit_code == 2 and "--fraction must be in" in res.output
 
     table = write_report([out], tmp_path / "report", plots=False)["table"]
-    assert table.index[0][3] == "None§*" and table.iloc[0, 0] == f"{100 * m['mean_iou']:.1f}"
+    assert table.index[0][3] == "None§*" and table.iloc[0, 0] == f"{100 * m.mean_iou:.1f}"
+    assert list(table.columns) == ["Vehicles 50% (3 labelled)"]
 
 
 def test_segmentation_items_carry_targets_in_the_reference_frame(synth_root, tmp_path):

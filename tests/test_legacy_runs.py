@@ -74,15 +74,37 @@ def test_a_run_written_before_the_objectives_layer_resumes_exactly(legacy_run):
 
 
 def test_a_run_written_before_the_objectives_layer_still_inits_a_finetune(legacy_run):
-    from occfeat.train.finetune import build_model, resolve_config
+    from occfeat.train.finetune import resolve_config
+    from occfeat.train.init import build_model
 
     tmp, _ = legacy_run
     run = read_pretrain_run(tmp / "run")
     assert run.label == "Occ+Feat" and run.config.objectives["features"].weight == 0.01
     cfg = resolve_config(REPO / "recipes" / "finetune" / "synthetic-tiny.yaml", "vehicle", 0.1, OVERRIDES[:4])
-    model, stamp = build_model(cfg, tmp / "run")
-    assert stamp["init"]["pretraining"]["label"] == "Occ+Feat"
-    assert stamp["init"]["pretraining"]["objectives"]["features"] == {"weight": 0.01, "feature_dim": 384}
-    assert stamp["provenance"]["teacher_random_init"] is True
+    model, stamp, provenance = build_model(cfg, tmp / "run")
+    assert stamp.label == "Occ+Feat" and stamp.row_label() == "Occ+Feat (2 ep, λ=0.01)"
+    assert stamp.objectives["features"] == {"weight": 0.01, "feature_dim": 384}
+    assert provenance.teacher_random_init is True
     for k, v in run.network_state.items():
         assert torch.equal(model.network.state_dict()[k], v), k
+
+
+def test_a_finetune_run_written_before_the_objectives_layer_resolves_to_todays_config(legacy_run):
+    """``finetune-config.yaml`` is verbatim from a 0.1.0 finetune run (`occfeat finetune --recipe
+    recipes/finetune/synthetic-tiny.yaml --task vehicle --fraction 0.5 --init PRETRAIN_RUN ...` with the
+    overrides above and train.max_steps=1): --resume compares it, re-read through today's dataclasses and
+    with its old init stamp, to what the same command builds today."""
+    from occfeat.train.finetune import FinetuneTask, resolve_config
+    from occfeat.train.init import build_model
+    from occfeat.train.rundir import RESUME_FREE_KEYS, config_diff
+
+    tmp, _ = legacy_run
+    old = yaml.safe_load((LEGACY / "finetune-config.yaml").read_text())
+    assert "pretraining" in old["init"] and "bevformer_layers" in old["network"]  # the old schema indeed
+    cfg = resolve_config(REPO / "recipes" / "finetune" / "synthetic-tiny.yaml", "vehicle", 0.5, OVERRIDES[:4])
+    model, pretraining, provenance = build_model(cfg, tmp / "run")
+    task = FinetuneTask(cfg, model, None, {"init": pretraining.to_dict(), "provenance": provenance.to_dict(), "data": old["data"]})
+    old["init"]["run"] = str((tmp / "run").resolve())
+    assert [k for k in config_diff(task.resolve_saved(old), task.config_dict()) if k not in RESUME_FREE_KEYS] == []
+    old["init"]["pretraining"]["lambda"] = 0.1  # another pretraining than the one it names now: still a difference
+    assert "init.objectives.features.weight" in config_diff(task.resolve_saved(old), task.config_dict())

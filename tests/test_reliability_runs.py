@@ -54,7 +54,8 @@ def _plant(path: Path, marker: Path, fmt: str = CHECKPOINT_FORMAT) -> None:
 
 def test_crafted_checkpoint_runs_nothing_on_resume_init_or_evaluate(tmp_path):
     from tests.test_finetune import TINY, resolve_config
-    from occfeat.train.finetune import build_model, run_evaluate
+    from occfeat.train.finetune import run_evaluate
+    from occfeat.train.init import build_model
 
     marker = tmp_path / "pwned"
     cfg = toy_train_config(epochs=1)
@@ -112,7 +113,7 @@ def test_checkpoints_hold_only_weights_only_types_and_resume_exactly(tmp_path):
 
 def test_damaged_last_pt_advice_works_for_resume_and_init(tmp_path):
     from tests.test_finetune import TINY, _fake_pretrain_run, resolve_config
-    from occfeat.train.finetune import build_model
+    from occfeat.train.init import build_model
     from occfeat.train.loop import atomic_save
 
     cfg = toy_train_config()
@@ -138,9 +139,9 @@ def test_damaged_last_pt_advice_works_for_resume_and_init(tmp_path):
     with pytest.raises(OccfeatError) as e:
         build_model(ft, prun)
     assert f"pass one of {ckpts}/epoch_*.pt as --init instead" in one_line(e)
-    model, stamp = build_model(ft, ckpts / "epoch_001.pt")
+    model, stamp, _ = build_model(ft, ckpts / "epoch_001.pt")
     assert all(torch.equal(model.network.state_dict()[k], v) for k, v in net.state_dict().items())
-    assert stamp["init"]["run"].endswith("epoch_001.pt") and stamp["init"]["pretraining"]["mode"] == "occ"
+    assert stamp.run.endswith("epoch_001.pt") and stamp.label == "Occ"
 
 
 # ---------------------------------------------------------------- item 4: run dirs that always continue

@@ -1,4 +1,4 @@
-"""occfeat report on hand-made run dirs: table numbers, deltas, mean ± std, marks, errors."""
+"""occfeat report on hand-made run records: table numbers, deltas, mean ± std, labelled counts, marks, errors."""
 
 import json
 import math
@@ -8,20 +8,23 @@ import pytest
 from typer.testing import CliRunner
 
 from occfeat.errors import OccfeatError
-from occfeat.report import pretraining_label, write_report
+from occfeat.report import write_report
+from occfeat.train.records import FinetuneMetrics, PretrainingStamp, Provenance
 
-OCCFEAT = {"mode": "occfeat", "epochs": 50, "lambda": 0.01}
+OCCFEAT = PretrainingStamp("Occ+Feat", {"occupancy": {"weight": 1}, "features": {"weight": 0.01}}, epochs=50, run="/runs/pre")
 
 
-def _run(tmp_path, name, iou, task="vehicle", fraction=0.01, pretraining=None, seed=0, synthetic=False, samples=False):
+def _run(tmp_path, name, iou, task="vehicle", fraction=0.01, pretraining=None, seed=0, synthetic=False, samples=False,
+         labelled=None):
     d = tmp_path / name
     d.mkdir()
-    m = {
-        "task": task, "fraction": fraction, "seed": seed, "arch": "simplebev", "backbone": "efficientnet_b0",
-        "input_size": [224, 400], "mean_iou": iou, "pretraining": pretraining or {"mode": "none"},
-        "provenance": {"synthetic_data": synthetic, "backbone_random_init": synthetic, "teacher_random_init": synthetic and pretraining is not None},
-    }
-    (d / "metrics.json").write_text(json.dumps(m))
+    FinetuneMetrics(
+        task=task, fraction=fraction, seed=seed, labelled_samples=labelled or round(fraction * 28130),
+        arch="simplebev", backbone="efficientnet_b0", input_size=(224, 400), mean_iou=iou, iou={task: iou},
+        pretraining=pretraining or PretrainingStamp(),
+        provenance=Provenance(synthetic_data=synthetic, backbone_random_init=synthetic,
+                              teacher_random_init=synthetic if pretraining is not None else None),
+    ).write(d)
     if samples:
         rng = np.random.default_rng(0)
         np.savez(d / "samples.npz", cameras=rng.integers(0, 255, (2, 6, 8, 12, 3), dtype=np.uint8),
@@ -40,20 +43,20 @@ def test_table_has_means_std_and_deltas_against_none(tmp_path):
     ]
     out = write_report(runs, tmp_path / "report")
     s = out["summary"].set_index(["pretraining", "task", "fraction"])
-    row = s.loc[("OccFeat (50 ep, λ=0.01)", "vehicle", 0.01)]
+    row = s.loc[("Occ+Feat (50 ep, λ=0.01)", "vehicle", 0.01)]
     assert row["n"] == 2 and math.isclose(row["mean"], 0.245)
     assert math.isclose(row["std"], np.std([0.24, 0.25], ddof=1))
     assert math.isclose(row["delta"], 0.245 - 0.137)
-    assert math.isclose(s.loc[("OccFeat (50 ep, λ=0.01)", "map", 0.1)]["delta"], 0.337 - 0.281)
+    assert math.isclose(s.loc[("Occ+Feat (50 ep, λ=0.01)", "map", 0.1)]["delta"], 0.337 - 0.281)
     table = out["table"]
-    assert list(table.columns) == ["Vehicles 1%", "Map 10%"]
+    assert list(table.columns) == ["Vehicles 1% (281 labelled)", "Map 10% (2813 labelled)"]
     none_row, occ_row = table.index[0], table.index[1]
     assert none_row[3] == "None"
-    assert table.loc[none_row, "Vehicles 1%"] == "13.7"
-    assert table.loc[occ_row, "Vehicles 1%"] == "24.5 ± 0.7 (+10.8)"
-    assert table.loc[occ_row, "Map 10%"] == "33.7 (+5.6)"
+    assert table.loc[none_row, "Vehicles 1% (281 labelled)"] == "13.7"
+    assert table.loc[occ_row, "Vehicles 1% (281 labelled)"] == "24.5 ± 0.7 (+10.8)"
+    assert table.loc[occ_row, "Map 10% (2813 labelled)"] == "33.7 (+5.6)"
     md = (tmp_path / "report" / "table.md").read_text()
-    assert "24.5 ± 0.7 (+10.8)" in md and "| Architecture |" in md
+    assert "24.5 ± 0.7 (+10.8)" in md and "| Architecture |" in md and "labelled samples each run saw" in md
     names = {p.name for p in out["files"]}
     assert {"table.csv", "summary.csv", "iou_vs_fraction.png", "samples-occfeat-m10.png"} <= names
     assert (tmp_path / "report" / "iou_vs_fraction.png").stat().st_size > 1000
@@ -66,7 +69,7 @@ def test_synthetic_rows_are_marked_and_not_compared_with_real_ones(tmp_path):
     ]
     out = write_report(runs, tmp_path / "r", plots=False)
     labels = [k[3] for k in out["table"].index]
-    assert "OccFeat (50 ep, λ=0.01)§*‡" in labels
+    assert "Occ+Feat (50 ep, λ=0.01)§*‡" in labels
     synth = out["summary"][out["summary"]["synthetic_data"]].iloc[0]
     assert math.isnan(synth["delta"])  # no synthetic None row to compare with
     assert any(line.startswith("§") for line in out["legend"])
@@ -86,15 +89,35 @@ def test_bad_run_dirs_are_one_line_errors_naming_the_dir(tmp_path):
         write_report([tmp_path / "missing"], tmp_path / "r")
 
 
-def test_pretraining_labels():
-    assert pretraining_label(None) == "None"
-    assert pretraining_label({"mode": "occ", "epochs": 100}) == "Occ (100 ep)"
-    assert pretraining_label(OCCFEAT) == "OccFeat (50 ep, λ=0.01)"
+def test_runs_on_other_label_counts_get_their_own_column_and_no_delta(tmp_path):
+    """Two datasets of other sizes at the same fraction: never one column, never a delta across them."""
+    runs = [
+        _run(tmp_path, "none-big", 0.13, labelled=281),
+        _run(tmp_path, "occ-small", 0.30, labelled=3, pretraining=PretrainingStamp("Occ", {"occupancy": {"weight": 1}}, 10)),
+    ]
+    out = write_report(runs, tmp_path / "r", plots=False)
+    assert list(out["table"].columns) == ["Vehicles 1% (3 labelled)", "Vehicles 1% (281 labelled)"]
+    occ = out["summary"][out["summary"]["pretraining"] == "Occ (10 ep)"].iloc[0]
+    assert occ["labelled"] == 3 and math.isnan(occ["delta"])
+
+
+def test_old_metrics_json_still_reported(tmp_path):
+    """A metrics.json written before the typed records (pretraining mode/lambda + init_run)."""
+    d = tmp_path / "old"
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps({
+        "task": "map", "classes": ["road"], "fraction": 0.1, "seed": 1, "split": "val", "iou": {"road": 0.4},
+        "mean_iou": 0.4, "intersection": {"road": 4}, "union": {"road": 10}, "threshold": 0.5, "arch": "simplebev",
+        "backbone": "efficientnet_b0", "input_size": [224, 400], "pretraining": {"mode": "occfeat", "lambda": 0.01, "epochs": 50},
+        "init_run": "/runs/pre", "provenance": {"synthetic_data": False, "backbone_random_init": False, "teacher_random_init": False},
+        "dataroot": "/data", "version": "v1.0-trainval", "labelled_samples": 2813, "step": 9, "epoch": 1.0, "checkpoint": "x"}))
+    table = write_report([d], tmp_path / "r", plots=False)["table"]
+    assert table.index[0][3] == "Occ+Feat (50 ep, λ=0.01)"
+    assert table.iloc[0]["Map 10% (2813 labelled)"] == "40.0"
 
 
 def test_cli_prints_the_table_and_fails_in_one_line(tmp_path):
-    import cli.report  # noqa: F401 - registers the command
-    from cli.main import app
+    from cli.main import app  # registers every command (importing cli.report first hits the cli import circle)
 
     run = _run(tmp_path, "none", 0.137)
     res = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r"), "--no-plots"])

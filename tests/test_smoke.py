@@ -63,15 +63,16 @@ def test_every_objective_alone_takes_two_steps(name, test_grid, synth_root, occu
 @pytest.mark.parametrize("recipe", FINETUNE_RECIPES, ids=lambda p: p.stem)
 def test_every_finetune_recipe_takes_two_steps(recipe, tmp_path, test_grid, synth_root):
     from occfeat.data.index import SampleIndex
-    from occfeat.train.finetune import FinetuneTask, build_model, resolve_config, segmentation_set
+    from occfeat.train.finetune import FinetuneTask, resolve_config, segmentation_set
+    from occfeat.train.init import build_model
     from tests.fixtures.synth import TINY_VERSION
 
     small = tiny(test_grid)
     for task_name in ("vehicle", "map"):
         cfg = shrink(resolve_config(recipe, task_name, 1.0, {k: small[k] for k in ("grid", "input_size", "network", "train")}))
         index = SampleIndex(synth_root, TINY_VERSION, "mini_train")
-        model, stamp = build_model(cfg, None)
-        stamp["data"] = {}
+        model, pretraining, provenance = build_model(cfg, None)
+        stamp = {"init": pretraining.to_dict(), "provenance": provenance.to_dict(), "data": {}}
         task = FinetuneTask(cfg, model, segmentation_set(index, index.tokens[:2], cfg, tmp_path / "gt", train=True, progress=False), stamp)
         loader = torch.utils.data.DataLoader(task.train_set, batch_size=1, collate_fn=task.collate)
         opt = torch.optim.Adam(task.model.parameters(), lr=1e-3)

@@ -1,2 +1,3 @@
 """Training: the generic loop (:mod:`loop`), DDP helpers (:mod:`dist`), camera data and augmentation
-(:mod:`data`), and the OccFeat pretraining task (:mod:`pretrain`)."""
+(:mod:`data`), the OccFeat pretraining task (:mod:`pretrain`) and finetuning (:mod:`finetune`, with the
+labelled subset in :mod:`labels` and the model it starts from in :mod:`init`)."""

@@ -1,12 +1,6 @@
 """Evaluation of a finetuned segmentation model on a split: IoU accumulated over the whole split
-(:class:`occfeat.metrics.IoUAccumulator`), a few samples for the report's figure, and ``metrics.json``.
-
-``metrics.json`` schema (what ``occfeat report`` reads)::
-
-    task, classes, fraction, seed, split, iou {class: IoU}, mean_iou, intersection/union {class: cells},
-    threshold, arch, backbone, input_size [H, W], pretraining {mode: none|occ|feat|occfeat, lambda,
-    epochs}, init_run, provenance {synthetic_data, backbone_random_init, teacher_random_init, backbone,
-    teacher}, dataroot, version, labelled_samples, step, epoch, checkpoint
+(:class:`occfeat.metrics.IoUAccumulator`) and a few samples for the report's figure. The IoU goes into
+the run's ``metrics.json`` (:class:`occfeat.train.records.FinetuneMetrics`).
 
 ``samples.npz``: ``tokens`` (n,), ``cameras`` (n, S, h, w, 3) uint8 thumbnails in CAMERAS order,
 ``target`` (n, C, X, Y) bool, ``prob`` (n, C, X, Y) float16, ``valid`` (n, X, Y) bool, ``classes`` (C,).
@@ -14,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +17,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 from occfeat.metrics import IoUAccumulator
-from occfeat.files import write_text_atomic, writing
+from occfeat.files import writing
 
 THUMB_SCALE = 4  # camera thumbnails in samples.npz at 1/4 of the input size
 
@@ -70,10 +63,8 @@ def evaluate(
     return acc.summary(), samples
 
 
-def write_metrics(run_dir: Path, summary: dict, info: dict, samples: dict[str, np.ndarray] | None = None) -> dict:
-    """Write ``metrics.json`` (+ ``samples.npz``) atomically into ``run_dir``; returns the metrics dict."""
-    metrics = {**info, **summary}
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+def write_samples(run_dir: Path, samples: dict[str, np.ndarray] | None) -> None:
+    """Write ``samples.npz`` atomically into ``run_dir`` (nothing when no sample was kept)."""
     if samples is not None and "tokens" in samples:
         tmp = run_dir / "samples.tmp.npz"
         with writing(run_dir / "samples.npz"):
@@ -82,4 +73,3 @@ def write_metrics(run_dir: Path, summary: dict, info: dict, samples: dict[str, n
                 tmp.replace(run_dir / "samples.npz")
             finally:
                 tmp.unlink(missing_ok=True)
-    return metrics

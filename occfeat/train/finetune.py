@@ -1,9 +1,10 @@
 """``occfeat finetune``: BEV segmentation (vehicle or map) from a pretrained or ImageNet-initialised
 network on a fraction of the labels (paper §4.1 "Finetuning", Table 1).
 
-- :class:`FinetuneConfig` holds every setting; :data:`FRACTION_DEFAULTS` is the paper's table of
-  finetuning hyper-parameters per label fraction, applied before the recipe and the overrides.
-- :func:`select_labelled` is the label-fraction rule: seeded, deterministic and nested.
+- :class:`FinetuneConfig` holds every setting; the paper's finetuning hyper-parameters per label fraction
+  (:data:`occfeat.train.labels.FRACTION_DEFAULTS`) apply before the recipe and the overrides.
+- :mod:`occfeat.train.labels` holds the label-fraction rule; :mod:`occfeat.train.init` builds the
+  segmentation model from ImageNet weights or a pretraining run.
 - :class:`FinetuneTask` plugs the network + :class:`SegmentationHead` (+ for vehicles Simple-BEV's
   :class:`InstanceHeads`, trained only) and the task's loss module into the generic loop
   (:func:`occfeat.train.loop.fit`); :func:`run_finetune` trains and then evaluates the segmentation
@@ -13,9 +14,7 @@ network on a fraction of the labels (paper §4.1 "Finetuning", Table 1).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,29 +24,25 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
-from occfeat.config import merge, parse_overrides, read_recipe, to_dict
+from occfeat.config import merge, parse_overrides, read_recipe, resolve_saved, to_dict
 from occfeat.data.gt import GtConfig, check_task, task_classes
 from occfeat.data.gt_cache import segmentation_gt
 from occfeat.data.index import SampleIndex, is_synthetic
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.losses import MapSegLoss, VehicleSegLoss
-from occfeat.models import BevNetwork, InstanceHeads, NetworkConfig, SegmentationHead, SimpleBevConfig, build_network
+from occfeat.models import InstanceHeads, NetworkConfig, SimpleBevConfig, build_network, upgrade_network_dict
 from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
-from occfeat.train.evaluate import evaluate, write_metrics
+from occfeat.train.evaluate import evaluate, write_samples
+from occfeat.train.init import SegmentationModel, build_model
+from occfeat.train.labels import (
+    FINETUNE_OPTIM, FRACTION_DEFAULTS, LABELLED_TOKENS, check_fraction, fraction_defaults, read_tokens, select_labelled,
+    write_or_check_tokens,
+)
 from occfeat.train.loop import TrainConfig, fit, load_checkpoint
-from occfeat.files import write_text_atomic, writing
+from occfeat.train.records import FinetuneMetrics, PretrainingStamp, Provenance
+from occfeat.files import writing
 from occfeat.train.rundir import read_jsonl, rewrite_jsonl, run_started
-
-# Paper §4.1: epochs / starting lr / batch size / gradient accumulation per label fraction, with AdamW,
-# OneCycle and weight decay 1e-7. A fraction between two rows takes the next larger row.
-FRACTION_DEFAULTS: dict[float, dict] = {
-    0.01: {"epochs": 100, "lr": 1e-4, "batch_size": 6, "grad_accum": 1},
-    0.1: {"epochs": 50, "lr": 1e-4, "batch_size": 6, "grad_accum": 1},
-    1.0: {"epochs": 30, "lr": 3e-4, "batch_size": 8, "grad_accum": 5},
-}
-FINETUNE_OPTIM = {"optimizer": "adamw", "schedule": "onecycle", "weight_decay": 1e-7}
-LABELLED_TOKENS = "labelled_tokens.txt"
 
 
 @dataclass
@@ -74,19 +69,6 @@ class FinetuneConfig:
     """Val samples stored in samples.npz (cameras, GT, prediction) for the report's figure."""
 
 
-def fraction_defaults(fraction: float) -> dict:
-    """The :data:`FRACTION_DEFAULTS` row for ``fraction`` (the smallest tabulated fraction >= it)."""
-    check_fraction(fraction)
-    key = min(f for f in FRACTION_DEFAULTS if f >= fraction - 1e-12)
-    return dict(FRACTION_DEFAULTS[key])
-
-
-def check_fraction(fraction: float) -> float:
-    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
-        raise OccfeatError(f"--fraction must be in (0, 1] (e.g. 0.01, 0.1, 1.0), got {fraction}")
-    return float(fraction)
-
-
 def resolve_config(
     recipe: str | Path | None, task: str, fraction: float, overrides: list[str] | dict | None = None
 ) -> FinetuneConfig:
@@ -107,54 +89,26 @@ def resolve_config(
     return cfg
 
 
-def select_labelled(tokens: list[str], fraction: float, seed: int) -> list[str]:
-    """The labelled subset: rank tokens by sha256("<seed>:<token>") and keep the first ceil(f·N) (>= 1).
-
-    Deterministic (no RNG state, independent of the tokens' order) and nested: for one seed the 1 %
-    subset is inside the 10 % one, which is inside the full split. Returned in ranking order.
-    """
-    check_fraction(fraction)
-    if not tokens:
-        raise OccfeatError("the training split has no samples; check --split")
-    ranked = sorted(set(tokens), key=lambda t: hashlib.sha256(f"{seed}:{t}".encode()).hexdigest())
-    n = max(1, math.ceil(fraction * len(ranked) - 1e-9))
-    return ranked[:n]
-
-
-def write_tokens(path: Path, tokens: list[str]) -> None:
-    write_text_atomic(path, "".join(t + "\n" for t in tokens))
-
-
-def read_tokens(path: Path) -> list[str]:
-    if not path.is_file():
-        raise OccfeatError(f"{path} not found; the run dir is incomplete, start it again with occfeat finetune")
-    return [t for t in path.read_text().split() if t]
-
-
 def config_as_dict(cfg: FinetuneConfig) -> dict:
     """JSON-able resolved config (what config.yaml and checkpoints hold)."""
     return to_dict(cfg)
 
 
+def upgrade_config_dict(saved: dict) -> dict:
+    """A finetune config saved by an earlier occfeat, in today's schema (the network's flat fields)."""
+    d = {k: v for k, v in saved.items() if k not in ("init", "data")}
+    if isinstance(d.get("network"), dict):
+        d["network"] = upgrade_network_dict(d["network"])
+    return d
+
+
 def config_from_dict(d: dict) -> FinetuneConfig:
-    """Inverse of :func:`config_as_dict` (for ``occfeat evaluate``)."""
-    return merge(FinetuneConfig(), d, where="run config")
+    """Inverse of :func:`config_as_dict` (for ``occfeat evaluate``); configs saved by earlier versions
+    are re-resolved through today's dataclasses."""
+    return resolve_saved(FinetuneConfig, d, "run config", upgrade=upgrade_config_dict)
 
 
 # ---------------------------------------------------------------- model, data, task
-
-class SegmentationModel(nn.Module):
-    """BEV network + :class:`SegmentationHead`: batch → logits (B, n_classes, X, Y). What evaluation,
-    ``occfeat evaluate`` and the report use."""
-
-    def __init__(self, network: BevNetwork, n_classes: int):
-        super().__init__()
-        self.network = network
-        self.head = SegmentationHead(network.bev_channels, n_classes)
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        return self.head(self.network.forward_bev(batch))
-
 
 # The finetuning objective per task (see occfeat.losses): Simple-BEV's for vehicles, BCE per class for map.
 TASK_LOSSES: dict[str, type[nn.Module]] = {"vehicle": VehicleSegLoss, "map": MapSegLoss}
@@ -210,6 +164,9 @@ class FinetuneTask:
     training-only heads and loss weights under "aux" and "objective"."""
 
     def __init__(self, cfg: FinetuneConfig, model: SegmentationModel, train_set: SegmentationDataset, stamp: dict):
+        """``stamp``: what the run stands on, kept in every checkpoint: {"init": the
+        :class:`PretrainingStamp` as a dict, "provenance": the :class:`Provenance` as a dict, "data":
+        dataroot, version, splits and ground-truth cache}."""
         self.cfg, self.segmentation, self.train_set, self.stamp = cfg, model, train_set, stamp
         torch.manual_seed(cfg.train.seed + 1)  # the auxiliary heads: same recipe and seed, same weights
         self.model = FinetuneModel(model, cfg.task)
@@ -237,60 +194,16 @@ class FinetuneTask:
         # What was loaded and from where is part of the run's identity: --resume refuses a change.
         return {**config_as_dict(self.cfg), "init": self.stamp["init"], "data": self.stamp["data"]}
 
-
-# ---------------------------------------------------------------- initialisation
-
-# Network settings that may differ between the pretraining run and the finetuning run: where the
-# backbone's weights come from (the pretrained state replaces them).
-WEIGHT_KEYS = ("backbone_weights", "random_init")
-
-
-def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[SegmentationModel, dict]:
-    """The segmentation model and its stamp {"init", "provenance"}.
-
-    ``init`` None: the backbone from ImageNet weights (``network.backbone_weights`` / HF cache), or random
-    when ``network.random_init`` (the paper's "None" row). Otherwise the pretraining run's network
-    (head dropped) from its ``checkpoints/last.pt``, or from the checkpoint file ``init`` names (e.g.
-    ``RUN/checkpoints/epoch_010.pt``); a run with another grid or network is refused.
-    """
-    n_classes = len(task_classes(cfg.task, cfg.gt))
-    torch.manual_seed(cfg.train.seed)  # same recipe and seed → same head (and random backbone) weights
-    if init is None:
-        network = build_network(cfg.network, cfg.grid)
-        prov = network.provenance.as_dict()
-        stamp = {
-            "init": {"run": None, "pretraining": {"label": "None", "objectives": {}, "epochs": None, "run": None}},
-            "provenance": {"backbone": prov, "backbone_random_init": not prov["pretrained"], "teacher_random_init": None},
-        }
-        return SegmentationModel(network, n_classes), stamp
-
-    from occfeat.train.pretrain import read_pretrain_run  # the pretraining stack loads only when asked for
-
-    run = read_pretrain_run(init)
-    if run.config.grid != cfg.grid:
-        raise OccfeatError(f"pretraining run {init} used grid {run.config.grid.spec()}, this finetune uses {cfg.grid.spec()}; use the same grid")
-    # Both sides through today's dataclasses: a field added since the pretraining run compares equal.
-    ours = {k: v for k, v in to_dict(cfg.network).items() if k not in WEIGHT_KEYS}
-    theirs = {k: v for k, v in to_dict(run.config.network).items() if k not in WEIGHT_KEYS}
-    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-    if diff:
-        shown = ", ".join(f"{k}: {theirs.get(k)!r} vs {ours.get(k)!r}" for k in diff[:3])
-        raise OccfeatError(f"pretraining run {init} built another network ({shown}); finetune with its recipe's network settings")
-    # The pretrained state replaces every backbone weight, so no ImageNet file is needed here.
-    network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
-    network.load_state_dict(run.network_state)
-    backbone = run.provenance.get("backbone", {})
-    teacher = run.provenance.get("teacher", {})
-    stamp = {
-        "init": {"run": str(Path(init).resolve()), "pretraining": run.stamp()},
-        "provenance": {
-            "backbone": backbone,
-            "backbone_random_init": not backbone.get("pretrained", True),
-            "teacher": teacher,
-            "teacher_random_init": (not teacher["pretrained"]) if "pretrained" in teacher else None,
-        },
-    }
-    return SegmentationModel(network, n_classes), stamp
+    def resolve_saved(self, saved: dict) -> dict:
+        """A saved config.yaml in today's schema, as :meth:`config_dict` writes it (--resume compares the two)."""
+        init = saved.get("init")
+        if isinstance(init, dict) and "label" not in init:  # a stamp of the old schema carried less: accept it
+            old, now = PretrainingStamp.from_dict(init), PretrainingStamp.from_dict(self.stamp["init"])  # when all it has agrees
+            weights = lambda st: {n: o.get("weight") for n, o in st.objectives.items()}  # noqa: E731
+            same = (old.label, old.run, old.epochs, weights(old)) == (now.label, now.run, now.epochs, weights(now))
+            init = now.to_dict() if same else old.to_dict()
+        extra = {k: v for k, v in (("init", init), ("data", saved.get("data"))) if k in saved}
+        return {**config_as_dict(config_from_dict(saved)), **extra}
 
 
 # ---------------------------------------------------------------- run + evaluate
@@ -303,24 +216,16 @@ def _device(cfg: FinetuneConfig) -> torch.device:
     return torch.device(cfg.train.device)
 
 
-def run_info(cfg: FinetuneConfig, stamp: dict, dataroot: Path, version: str, split: str, n_labelled: int) -> dict:
-    """The metrics.json fields that say what was trained and on what (see occfeat.train.evaluate)."""
-    return {
-        "task": cfg.task,
-        "classes": list(task_classes(cfg.task, cfg.gt)),
-        "fraction": cfg.fraction,
-        "seed": cfg.train.seed,
-        "split": split,
-        "arch": cfg.network.arch,
-        "backbone": cfg.network.backbone,
-        "input_size": list(cfg.input_size),
-        "pretraining": stamp["init"]["pretraining"],
-        "init_run": stamp["init"]["run"],
-        "provenance": {"synthetic_data": is_synthetic(dataroot), **stamp["provenance"]},
-        "dataroot": str(Path(dataroot).resolve()),
-        "version": version,
-        "labelled_samples": n_labelled,
-    }
+def finetune_metrics(
+    cfg: FinetuneConfig, pretraining: PretrainingStamp, provenance: Provenance, n_labelled: int, result: dict, **where
+) -> FinetuneMetrics:
+    """The run's record from its config, what it started from, and ``result`` (the IoU summary of
+    :func:`occfeat.train.evaluate.evaluate`); ``where``: split, dataroot, version, step, epoch, checkpoint."""
+    return FinetuneMetrics(
+        task=cfg.task, fraction=cfg.fraction, seed=cfg.train.seed, labelled_samples=n_labelled, arch=cfg.network.arch,
+        backbone=cfg.network.backbone, input_size=tuple(cfg.input_size), classes=list(task_classes(cfg.task, cfg.gt)),
+        pretraining=pretraining, provenance=provenance, **result, **where,
+    )
 
 
 def _is_main_process() -> bool:
@@ -338,8 +243,9 @@ def run_finetune(
     resume: bool = False,
     gt_cache: str | Path | None = None,
     progress: bool = True,
-) -> dict:
-    """Train on the labelled subset of ``split``, evaluate on ``val_split``; returns the metrics dict.
+) -> FinetuneMetrics | None:
+    """Train on the labelled subset of ``split``, evaluate on ``val_split``; returns the run's record
+    (None on the other ranks of a distributed run).
 
     Run dir: fit's files (config.yaml, metrics.jsonl, checkpoints/) plus ``labelled_tokens.txt``,
     ``metrics.json``, ``samples.npz`` and, with ``eval_every``, ``eval.jsonl`` (one row per evaluation).
@@ -354,12 +260,13 @@ def run_finetune(
     chosen = set(select_labelled(train_index.tokens, cfg.fraction, cfg.train.seed))
     labelled = [t for t in train_index.tokens if t in chosen]  # the split's order, for readability
     gt_folder = Path(gt_cache) if gt_cache is not None else out.resolve().parent / "gt-cache"
-    model, stamp = build_model(cfg, init)
-    stamp["data"] = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split, "val_split": val_split, "gt_cache": str(gt_folder)}
+    model, pretraining, provenance = build_model(cfg, init)
+    provenance = dataclasses.replace(provenance, synthetic_data=is_synthetic(dataroot))
+    data = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split, "val_split": val_split, "gt_cache": str(gt_folder)}
+    stamp = {"init": pretraining.to_dict(), "provenance": provenance.to_dict(), "data": data}
     train_set = segmentation_set(train_index, labelled, cfg, gt_folder, train=True, progress=progress)
     val_set = segmentation_set(val_index, val_index.tokens, cfg, gt_folder, train=False, progress=progress)
     task = FinetuneTask(cfg, model, train_set, stamp)
-    info = run_info(cfg, stamp, Path(dataroot), version, val_split, len(labelled))
 
     # Evaluate every k epochs by running the loop in chunks (train.max_steps may change on resume).
     steps_per_epoch = max(1, len(train_set) // cfg.train.batch_size // cfg.train.grad_accum)
@@ -377,7 +284,7 @@ def run_finetune(
     for stop in [*stops, total]:
         summary = fit(task, dataclasses.replace(cfg.train, max_steps=stop), out, resume=resume or not first)
         if first:
-            _write_or_check_tokens(out / LABELLED_TOKENS, labelled)
+            write_or_check_tokens(out / LABELLED_TOKENS, labelled)
             first = False
         if stop == total or stop in done_evals or not _is_main_process():
             continue
@@ -385,22 +292,19 @@ def run_finetune(
         with writing(eval_log, then="rerun with --resume"), open(eval_log, "a") as f:
             f.write(json.dumps({"step": summary["step"], "epoch": summary["epoch"], "mean_iou": result["mean_iou"], "iou": result["iou"]}) + "\n")
     if not _is_main_process():
-        return {}
+        return None
     result, samples = evaluate(model, val_set, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
-    info.update(step=summary["step"], epoch=summary["epoch"], checkpoint=str(summary["checkpoint"]))
-    return write_metrics(out, result, info, samples)
+    metrics = finetune_metrics(cfg, pretraining, provenance, len(labelled), result, split=val_split, dataroot=data["dataroot"],
+                               version=version, step=summary["step"], epoch=summary["epoch"], checkpoint=str(summary["checkpoint"]))
+    metrics.write(out)
+    write_samples(out, samples)
+    return metrics
 
 
-def _write_or_check_tokens(path: Path, tokens: list[str]) -> None:
-    if path.is_file() and read_tokens(path) != tokens:
-        raise OccfeatError(f"{path} lists other labelled samples than this run selects; the dataroot changed, start a new --out")
-    write_tokens(path, tokens)
-
-
-def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True) -> dict:
+def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True) -> FinetuneMetrics:
     """Re-evaluate a finetune run's last checkpoint on ``split`` (default: its val split); rewrites
     ``metrics.json`` and ``samples.npz`` when that is the run's own val split, else writes
-    ``metrics-<split>.json``. Returns the metrics dict."""
+    ``metrics-<split>.json``. Returns the record."""
     run_dir = Path(run_dir)
     retrain = f"move it aside and rerun the finetune command with --out {run_dir} --resume to train it again"
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", if_damaged=retrain)
@@ -419,11 +323,15 @@ def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | 
     model.load_state_dict(payload["model"])
     dataset = segmentation_set(index, index.tokens, cfg, Path(data["gt_cache"]), train=False, progress=progress)
     labelled = read_tokens(run_dir / LABELLED_TOKENS)
-    info = run_info(cfg, payload, root, data["version"], split, len(labelled))
-    info.update(step=ckpt["step"], epoch=ckpt["epoch"], checkpoint=str(run_dir / "checkpoints" / "last.pt"))
+    # Checkpoints written before the typed records hold the old stamp: the records read it.
+    pretraining = PretrainingStamp.from_dict(payload.get("init"))
+    provenance = dataclasses.replace(Provenance.from_dict(payload.get("provenance")), synthetic_data=is_synthetic(root))
     result, samples = evaluate(model, dataset, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
+    metrics = finetune_metrics(cfg, pretraining, provenance, len(labelled), result, split=split, dataroot=str(root.resolve()),
+                               version=data["version"], step=ckpt["step"], epoch=ckpt["epoch"], checkpoint=str(run_dir / "checkpoints" / "last.pt"))
     if split == data["val_split"]:
-        return write_metrics(run_dir, result, info, samples)
-    metrics = {**info, **result}
-    write_text_atomic(run_dir / f"metrics-{split}.json", json.dumps(metrics, indent=2))
+        metrics.write(run_dir)
+        write_samples(run_dir, samples)
+    else:
+        metrics.write(run_dir, f"metrics-{split}.json")
     return metrics

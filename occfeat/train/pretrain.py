@@ -249,6 +249,8 @@ class PretrainRun:
     """A finished (or stopped) pretraining run as ``finetune --init`` reads it: its resolved config, the
     network weights without the heads, where its weights came from, and which checkpoint."""
 
+    source: Path
+    """What ``--init`` named (the run dir, or one of its checkpoint files), resolved."""
     checkpoint: Path
     config: PretrainConfig
     network_state: dict
@@ -265,7 +267,7 @@ class PretrainRun:
             "label": self.label,
             "objectives": {n: dataclasses.asdict(c) for n, c in self.config.objectives.items()},
             "epochs": self.config.train.epochs,
-            "run": str(self.checkpoint.resolve()),
+            "run": str(self.source),
         }
 
 
@@ -287,4 +289,4 @@ def read_pretrain_run(init: str | Path) -> PretrainRun:
         provenance = json.loads(prov_file.read_text()) if prov_file.is_file() else ckpt["task"].get("provenance", {})
     except json.JSONDecodeError as e:
         raise OccfeatError(f"{prov_file} is not valid JSON ({e}); restore it from the pretraining run") from e
-    return PretrainRun(path, config, ckpt["task"]["network"], provenance, int(ckpt["step"]))
+    return PretrainRun(init.resolve(), path, config, ckpt["task"]["network"], provenance, int(ckpt["step"]))
