@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from occfeat.errors import OccfeatError  # noqa: E402
+from occfeat.tasks import TASKS  # noqa: E402
 
 # One colour per class channel (up to the 5 map classes) for the BEV overlays.
 CLASS_COLORS = np.array([[0.55, 0.55, 0.55], [0.2, 0.6, 1.0], [1.0, 0.85, 0.1], [0.3, 0.8, 0.3], [1.0, 0.2, 0.2]])
@@ -19,8 +20,6 @@ CLASS_COLORS = np.array([[0.55, 0.55, 0.55], [0.2, 0.6, 1.0], [1.0, 0.85, 0.1], 
 
 def plot_iou_vs_fraction(summary: pd.DataFrame, path: Path) -> Path:
     """One panel per task; one line per (arch, backbone, input, pretraining) with std error bars."""
-    from occfeat.report import TASKS
-
     tasks = [t for t in TASKS if (summary["task"] == t).any()]
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):

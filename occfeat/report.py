@@ -21,8 +21,8 @@ import pandas as pd
 
 from occfeat.errors import OccfeatError
 from occfeat.files import writing
+from occfeat.tasks import TASKS
 
-TASKS = {"vehicle": "Vehicles", "map": "Map"}
 FRACTIONS = (0.01, 0.1, 1.0)
 NONE = "None"
 MODE_LABELS = {"occ": "Occ", "feat": "Feat", "occfeat": "OccFeat"}
