@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors, resume_advice
-from cli.main import app
+from occfeat.cli.common import console, one_line_errors, resume_advice
 
 
 def print_metrics(m: dict) -> None:
@@ -18,7 +17,6 @@ def print_metrics(m: dict) -> None:
         console.print(f"note: {', '.join(flags)}: not comparable to the paper's numbers (recorded in metrics.json)", highlight=False)
 
 
-@app.command("finetune")
 @one_line_errors(on_interrupt=resume_advice)
 def finetune(
     recipe: Path = typer.Option(..., help="Recipe YAML under recipes/finetune/ (a delta over the FinetuneConfig defaults)."),

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors, resume_advice
-from cli.main import app
+from occfeat.cli.common import console, one_line_errors, resume_advice
 
 
-@app.command("pretrain")
 @one_line_errors(on_interrupt=resume_advice)
 def pretrain(
     recipe: Path = typer.Option(..., help="Recipe YAML under recipes/pretrain/ (a delta over the PretrainConfig defaults)."),

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors
-from cli.main import app
+from occfeat.cli.common import console, one_line_errors
 from occfeat.data.voxelize import VoxelizeConfig
 
 _D = VoxelizeConfig()
 
 
-@app.command("voxelize")
 @one_line_errors
 def voxelize(
     dataroot: Path = typer.Option(..., help="nuScenes-format dataroot (the folder that holds VERSION/, samples/, sweeps/)."),

@@ -93,8 +93,7 @@ def test_pretraining_labels():
 
 
 def test_cli_prints_the_table_and_fails_in_one_line(tmp_path):
-    import cli.report  # noqa: F401 - registers the command
-    from cli.main import app
+    from occfeat.cli.main import app
 
     run = _run(tmp_path, "none", 0.137)
     res = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r"), "--no-plots"])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from occfeat.cli.main import app
 from occfeat.data.index import EGO_BOX, SampleIndex, read_points
 from occfeat.data.occupancy import (
     OccupancyReader,
@@ -352,7 +352,7 @@ def test_kill9_of_the_cli_mid_run_then_rerun_completes(synth_root, test_grid, tm
     grid_file = tmp_path / "grid.json"
     grid_file.write_text(test_grid.to_json())
     out, parts = tmp_path / "occ.h5", tmp_path / "occ.h5.parts"
-    cmd = [sys.executable, "-c", "from cli.main import app; app()", "voxelize", "--dataroot", str(root), "--version", TINY_VERSION,
+    cmd = [sys.executable, "-c", "from occfeat.cli.main import app; app()", "voxelize", "--dataroot", str(root), "--version", TINY_VERSION,
            "--split", "all", "--out", str(out), "--grid", str(grid_file), "--block-size", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -9,7 +9,7 @@
    with one success and one clean "is being written by" line, and a correct output.
 3. bad inputs through the CLI: each should give exactly one "error:" line on stderr and exit status 2.
 
-Prints a summary table. Every command is ``python -m cli ...`` from the repository root.
+Prints a summary table. Every command is ``python -m occfeat ...`` from the repository root.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def tiny_grid_json() -> str:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", *map(str, args)]
+    return [sys.executable, "-m", "occfeat", *map(str, args)]
 
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
