@@ -25,6 +25,7 @@ def _bind_checkout_cli() -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
+    setattr(sys.modules[__name__], "cli", module)  # `import occfeat.cli.main` then `occfeat.cli.main.app`
 
 
 _bind_checkout_cli()

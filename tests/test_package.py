@@ -108,7 +108,7 @@ def test_python_m_occfeat_runs_this_checkouts_cli():
     from occfeat import __version__
 
     assert res.stdout.strip() == __version__
-    code = "import occfeat.cli.main as m, occfeat.cli.voxelize as v; print(m.__file__); print(v.__file__)"
+    code = "import occfeat.cli.main, occfeat.cli.voxelize as v; print(occfeat.cli.main.__file__); print(v.__file__)"
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert [Path(p).resolve() for p in res.stdout.split()] == [REPO / "cli" / "main.py", REPO / "cli" / "voxelize.py"]
