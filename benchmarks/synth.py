@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli.common import parse_size
+from occfeat.cli.common import parse_size
 from occfeat.data.synth import SynthConfig, write_dataroot
 from occfeat.data.synth.render import boxes_at, render_camera
 from occfeat.data.synth.rig import CAMERA_MOUNTS

@@ -4,8 +4,8 @@
                                             [--low 224x406] [--high 448x812] [--threshold 0.9] [--device auto]
                                             [--weights dinov2_vits14.pth]
 
-Steps, each the user-facing command: ``python -m cli synth`` (a tiny synthetic world at nuScenes' image
-size), ``python -m cli voxelize`` (the default grid), then ``python -m cli extract`` twice with the SAME
+Steps, each the user-facing command: ``python -m occfeat synth`` (a tiny synthetic world at nuScenes' image
+size), ``python -m occfeat voxelize`` (the default grid), then ``python -m occfeat extract`` twice with the SAME
 teacher weights at the two input sizes, and ``voxel_feature_targets`` on the same occupied voxels from
 both caches. Printed: the share of occupied, validly projected voxels whose two targets differ by
 cosine < threshold, cosine quantiles, the same split by distance from the ego, and a control: the high
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # this checkout's occfeat, the same code the `python -m cli` steps run
+sys.path.insert(0, str(REPO))  # this checkout's occfeat, the same code the `python -m occfeat` steps run
 
 import numpy as np  # noqa: E402
 import timm
@@ -49,9 +49,9 @@ from occfeat.grid import BevGrid
 
 
 def cli(*args: str) -> None:
-    """``python -m cli ARGS`` from the repository root (this checkout's code), failing loudly."""
+    """``python -m occfeat ARGS`` from the repository root (this checkout's code), failing loudly."""
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "occfeat", *map(str, args)], cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"`occfeat {args[0]}` failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     print(f"  occfeat {args[0]:<9} {time.perf_counter() - t:6.1f} s")

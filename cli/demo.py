@@ -6,14 +6,12 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors
-from cli.main import app
-from cli.report import print_report
+from occfeat.cli.common import console, one_line_errors
+from occfeat.cli.report import print_report
 
 PRESETS = {"demo": "studies/demo.yaml", "ci": "studies/ci.yaml"}
 
 
-@app.command("demo")
 @one_line_errors
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for every artefact (dataroot, caches, runs, report)."),
@@ -29,7 +27,6 @@ def demo(
     _run(load_study(PRESETS[preset]), out)
 
 
-@app.command("study", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @one_line_errors
 def study(
     ctx: typer.Context,

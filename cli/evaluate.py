@@ -6,12 +6,10 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors
-from cli.finetune import print_metrics
-from cli.main import app
+from occfeat.cli.common import console, one_line_errors
+from occfeat.cli.finetune import print_metrics
 
 
-@app.command("evaluate")
 @one_line_errors
 def evaluate(
     run_dir: Path = typer.Argument(..., help="Finetune run dir (`occfeat finetune --out`)."),

@@ -6,13 +6,11 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors, parse_size
-from cli.main import app
+from occfeat.cli.common import console, one_line_errors, parse_size
 from occfeat.data.extract import DEFAULTS
 from occfeat.errors import OccfeatError
 
 
-@app.command("extract")
 @one_line_errors
 def extract(
     dataroot: Path = typer.Option(..., help="nuScenes-format dataroot (the folder holding VERSION/)."),

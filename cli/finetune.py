@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cli.common import console, one_line_errors, resume_advice
-from cli.main import app
+from occfeat.cli.common import console, one_line_errors, resume_advice
 
 if TYPE_CHECKING:
     from occfeat.train.records import FinetuneMetrics
@@ -22,7 +21,6 @@ def print_metrics(m: FinetuneMetrics) -> None:
         console.print(f"note: {', '.join(flags)}: not comparable to the paper's numbers (recorded in metrics.json)", highlight=False)
 
 
-@app.command("finetune")
 @one_line_errors(on_interrupt=resume_advice)
 def finetune(
     recipe: Path = typer.Option(..., help="Recipe YAML under recipes/finetune/ (a delta over the FinetuneConfig defaults)."),

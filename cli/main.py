@@ -1,9 +1,23 @@
-"""The ``occfeat`` console script. Each command lives in its own module and stays thin:
-parse options, load the config, call the library, print a summary."""
+"""The ``occfeat`` command (console script ``occfeat``, or ``python -m occfeat``).
+
+Each command is a plain function in its own module (parse options, load the config, call the library,
+print a summary); this module builds the Typer app and registers them in pipeline order. The command
+modules never import this one, so there is no import circle.
+"""
 
 from __future__ import annotations
 
 import typer
+
+from occfeat.cli import demo, evaluate, extract, finetune, pretrain, report, synth, voxelize
+
+
+def version() -> None:
+    """Print the toolkit version."""
+    from occfeat import __version__
+
+    typer.echo(__version__)
+
 
 app = typer.Typer(
     name="occfeat",
@@ -12,28 +26,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-@app.command("version")
-def version() -> None:
-    """Print the toolkit version."""
-    from occfeat import __version__
-
-    typer.echo(__version__)
-
-
-# Commands register themselves on `app` when their module is imported: one import per stage, pipeline order.
-# fmt: off
-# (stage imports below)
-import cli.synth  # noqa: E402,F401
-import cli.voxelize  # noqa: E402,F401
-import cli.extract  # noqa: E402,F401
-import cli.pretrain  # noqa: E402,F401
-import cli.finetune  # noqa: E402,F401
-import cli.evaluate  # noqa: E402,F401
-import cli.report  # noqa: E402,F401
-import cli.demo  # noqa: E402,F401
-# fmt: on
-
-if __name__ == "__main__":
-    app()
+app.command("version")(version)
+app.command("synth")(synth.synth)
+app.command("voxelize")(voxelize.voxelize)
+app.command("extract")(extract.extract)
+app.command("pretrain")(pretrain.pretrain)
+app.command("finetune")(finetune.finetune)
+app.command("evaluate")(evaluate.evaluate)
+app.command("report")(report.report)
+app.command("demo")(demo.demo)
+# study passes its extra key=value arguments (recipe overrides) through ctx.args
+app.command("study", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(demo.study)

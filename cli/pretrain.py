@@ -1,4 +1,4 @@
-"""``occfeat pretrain``: OccFeat self-supervised pretraining of a BEV network (paper §3, §4.1)."""
+"""``occfeat pretrain``: self-supervised pretraining of a BEV network with the recipe's objectives (paper §3, §4.1)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,23 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors, resume_advice
-from cli.main import app
+from occfeat.cli.common import console, one_line_errors, resume_advice
 
 
-@app.command("pretrain")
 @one_line_errors(on_interrupt=resume_advice)
 def pretrain(
     recipe: Path = typer.Option(..., help="Recipe YAML under recipes/pretrain/ (a delta over the PretrainConfig defaults)."),
     dataroot: Path = typer.Option(..., help="nuScenes-format dataroot (the folder that holds VERSION/ and samples/)."),
     version: str = typer.Option(..., help="Dataroot version: v1.0-trainval, v1.0-mini."),
-    occupancy: Path = typer.Option(..., help="Occupancy cache from `occfeat voxelize`, built on the recipe's grid."),
-    features: Path = typer.Option(None, help="Teacher feature cache from `occfeat extract` (not needed with loss=occ)."),
+    occupancy: Path = typer.Option(..., help="Occupancy cache from `occfeat voxelize --recipe RECIPE` (the LiDAR every objective reads), on the recipe's grid."),
+    features: Path = typer.Option(None, help="Teacher feature cache from `occfeat extract` (only for objectives that distill the teacher, e.g. features)."),
     out: Path = typer.Option(..., help="Run directory (config.yaml, provenance.json, metrics.jsonl, checkpoints/); must not exist unless --resume."),
     split: str = typer.Option("train", help="Split to pretrain on (train, mini_train, ... or a name from splits.json)."),
     epochs: int = typer.Option(None, min=1, help="Override train.epochs (paper: 50; 100 = OccFeat†)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where its last checkpoint left off."),
     overrides: list[str] = typer.Argument(None, help="key=value config overrides, e.g. train.batch_size=8 train.grad_accum=2 network.backbone_weights=effb0.safetensors"),
 ) -> None:
-    """Pretrain a BEV network with the unsplat head on occupancy + teacher features (L = L_occ + λ·L_feat).
+    """Pretrain a BEV network with the recipe's objectives (default OccFeat: L = L_occ + 0.01·L_feat; img-also.yaml: Img-ALSO).
 
     Under `torchrun --nproc_per_node N` it trains with DDP (train.batch_size is split over the processes). A NaN loss stops the run and keeps the last good checkpoint.
     """

@@ -7,11 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cli.common import console, one_line_errors
-from cli.main import app
+from occfeat.cli.common import console, one_line_errors
 
 
-@app.command("report")
 @one_line_errors
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Finetune run dirs (each holds metrics.json)."),

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import typer
 
-from cli.common import console, one_line_errors, parse_size
-from cli.main import app
+from occfeat.cli.common import console, one_line_errors, parse_size
 from occfeat.data.synth import SynthConfig, is_complete, write_dataroot
 
 _D = SynthConfig()
 
 
-@app.command("synth")
 @one_line_errors
 def synth(
     out: Path = typer.Option(..., "--out", help="dataroot folder to create (must be empty unless --overwrite)"),

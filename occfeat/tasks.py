@@ -1,5 +1,7 @@
-"""The finetuning tasks the report knows, with the column titles of the paper's Table 1. Shared by
-:mod:`occfeat.report` and :mod:`occfeat.plots` (which must not import each other)."""
+"""The BEV segmentation tasks of finetuning (paper §4.1) and the name the report prints for each.
+
+One home for the task list: ground truth (``occfeat.data.gt``), the report and its plots read it here.
+"""
 
 TASKS: dict[str, str] = {"vehicle": "Vehicles", "map": "Map"}
-"""Task name (``occfeat finetune --task``) → its title in tables and plots, in the paper's column order."""
+"""task name (``occfeat finetune --task``) → column / panel title in the report, in table order."""

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 from typer.testing import CliRunner
 
-from cli.main import app
+from occfeat.cli.main import app
 from occfeat.pipeline import _finetune_schedule, load_study
 
 

@@ -165,7 +165,7 @@ def test_corrupt_jpeg_is_named_and_skip_bad_marks_the_sample(synth_root, tmp_pat
 
 
 def test_cli_extract_and_one_line_errors(synth_root, tmp_path):
-    from cli.main import app
+    from occfeat.cli.main import app
 
     runner = CliRunner()
     base = ["extract", "--dataroot", str(synth_root), "--version", TINY_VERSION, "--split", "mini_train"]

@@ -111,7 +111,7 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
 
     from typer.testing import CliRunner
 
-    import cli.main  # noqa: F401 - registers every command
+    import occfeat.cli.main
     from occfeat.report import write_report
     from occfeat.train.records import FinetuneMetrics, PretrainingStamp
 
@@ -119,7 +119,7 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
     args = ["finetune", "--recipe", TINY, "--dataroot", str(synth_root), "--version", "v1.0-mini", "--task", "vehicle",
             "--fraction", "0.5", "--out", str(out), "--split", "mini_train", "--val-split", "mini_val", "--no-progress",
             "train.max_steps=2", "train.batch_size=1", "train.num_workers=0", "train.device=cpu", "n_vis_samples=2"]
-    res = CliRunner().invoke(cli.main.app, args)
+    res = CliRunner().invoke(occfeat.cli.main.app, args)
     assert res.exit_code == 0, res.output
     labelled = (out / "labelled_tokens.txt").read_text().split()
     assert len(labelled) == 3  # ceil(0.5 * 6 key frames of mini_train)
@@ -143,15 +143,15 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
     assert samples["target"].shape == (2, 1, 50, 50) and samples["cameras"].shape[:2] == (2, 6)
 
     # evaluate re-reads the last checkpoint and reproduces the numbers
-    res = CliRunner().invoke(cli.main.app, ["evaluate", str(out), "--no-progress"])
+    res = CliRunner().invoke(occfeat.cli.main.app, ["evaluate", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     again = FinetuneMetrics.read(out)
     assert again.intersection == m.intersection and again.step == m.step and again.pretraining == m.pretraining
 
     # an existing run dir without --resume, and a bad fraction: one-line errors
-    res = CliRunner().invoke(cli.main.app, args)
+    res = CliRunner().invoke(occfeat.cli.main.app, args)
     assert res.exit_code == 2 and "already exists" in res.output
-    res = CliRunner().invoke(cli.main.app, [*args[:10], "1.5", *args[11:]])
+    res = CliRunner().invoke(occfeat.cli.main.app, [*args[:10], "1.5", *args[11:]])
     assert res.exit_code == 2 and "--fraction must be in" in res.output
 
     table = write_report([out], tmp_path / "report", plots=False)["table"]

@@ -102,7 +102,7 @@ def test_cache_mismatches_are_one_line_errors(test_grid, synth_root, occupancy_h
 def _cli(*args):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from occfeat.cli.main import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -158,7 +158,7 @@ def test_occupancy_only_runs_are_not_stamped_by_the_teacher(test_grid, synth_roo
 
 def test_pretrain_command_under_torchrun_on_two_gloo_processes(tmp_path, synth_root, occupancy_h5, features_h5):
     """The real task under DDP (the toy-task test in test_train_loop cannot see unused parameters of a
-    real network, which DDP refuses): `torchrun -m cli pretrain`, as README shows, 2 CPU processes."""
+    real network, which DDP refuses): `torchrun -m occfeat pretrain`, as README shows, 2 CPU processes."""
     import os
     import subprocess
     import sys
@@ -168,7 +168,7 @@ def test_pretrain_command_under_torchrun_on_two_gloo_processes(tmp_path, synth_r
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli", "pretrain",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "occfeat", "pretrain",
            "--recipe", str(repo / "recipes" / "pretrain" / "synthetic-tiny.yaml"), "--dataroot", str(synth_root),
            "--version", TINY_VERSION, "--occupancy", str(occupancy_h5), "--features", str(features_h5), "--split", "all",
            "--out", str(tmp_path / "ddp"), "input_size=[32,56]", "network.bev_channels=8", "network.image_channels=8",

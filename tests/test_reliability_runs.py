@@ -28,9 +28,9 @@ def one_line(e: pytest.ExceptionInfo) -> str:
 def cli(*args):
     from typer.testing import CliRunner
 
-    import cli.main
+    import occfeat.cli.main
 
-    return CliRunner().invoke(cli.main.app, [str(a) for a in args])
+    return CliRunner().invoke(occfeat.cli.main.app, [str(a) for a in args])
 
 
 # ---------------------------------------------------------------- item 1: no code execution from a checkpoint
@@ -333,7 +333,7 @@ def test_error_line_stands_alone_after_a_progress_bar(raised, capsys):
     import typer
     from tqdm import tqdm
 
-    from cli.common import one_line_errors
+    from occfeat.cli.common import one_line_errors
 
     @one_line_errors
     def command():

@@ -117,7 +117,7 @@ def test_old_metrics_json_still_reported(tmp_path):
 
 
 def test_cli_prints_the_table_and_fails_in_one_line(tmp_path):
-    from cli.main import app  # registers every command (importing cli.report first hits the cli import circle)
+    from occfeat.cli.main import app
 
     run = _run(tmp_path, "none", 0.137)
     res = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r"), "--no-plots"])

@@ -220,7 +220,7 @@ def test_non_empty_out_is_kept_without_overwrite(tmp_path):
 def test_cli_errors_are_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from occfeat.cli.main import app
 
     res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "o"), "--image-size", "1600by900"])
     assert res.exit_code == 2 and "error: --image-size" in res.output

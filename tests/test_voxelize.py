@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from occfeat.cli.main import app
 from occfeat.data.index import EGO_BOX, SampleIndex, read_points
 from occfeat.data.occupancy import (
     OccupancyReader,
@@ -337,8 +337,39 @@ def test_cli_one_line_errors_grid_mismatch_and_help(synth_root, test_grid, tmp_p
     res = runner.invoke(app, [*base[:-3], "--out", str(tmp_path / "x.h5"), "--split", "no_such_split"])
     assert res.exit_code == 2 and "unknown split" in res.output
     res = runner.invoke(app, ["voxelize", "--help"])
-    for opt in ("--dataroot", "--version", "--split", "--out", "--sweeps", "--grid", "--workers", "--skip-bad", "--block-size"):
+    for opt in ("--dataroot", "--version", "--split", "--out", "--sweeps", "--recipe", "--grid", "--workers", "--skip-bad", "--block-size"):
         assert opt in res.output
+
+
+def test_cli_recipe_declares_the_grid_that_pretrain_reads(synth_root, test_grid, tmp_path):
+    """`voxelize --recipe R` builds the cache that `pretrain --recipe R` accepts (pretrain opens it with
+    OccupancyReader on its config's grid); a cache on the default grid stays a one-line refusal."""
+    from occfeat.config import load_config
+    from occfeat.train.pretrain import PretrainConfig
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "pretrain" / "synthetic-tiny.yaml"
+    cfg = load_config(PretrainConfig, recipe)
+    assert cfg.grid == test_grid
+    base = ["voxelize", "--dataroot", str(synth_root), "--version", TINY_VERSION, "--split", "mini_val", "--no-progress"]
+    runner = CliRunner()
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "tiny.h5"), "--recipe", str(recipe)])
+    assert res.exit_code == 0, res.output
+    reader = OccupancyReader(tmp_path / "tiny.h5", cfg.grid)
+    assert reader.tokens and reader.get(reader.tokens[0]).shape == test_grid.shape
+
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "default.h5")])  # neither option: the default grid
+    assert res.exit_code == 0, res.output
+    with pytest.raises(OccfeatError, match="--recipe") as e:
+        OccupancyReader(tmp_path / "default.h5", cfg.grid)
+    assert "\n" not in str(e.value)
+
+    # a recipe given to --grid, and both options at once: one line each, saying what to do
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "x.h5"), "--grid", str(recipe)])
+    assert res.exit_code == 2 and res.output.strip().startswith("error:") and f"use --recipe {recipe}" in res.output
+    assert "\n" not in res.output.strip()
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "x.h5"), "--grid", "default", "--recipe", str(recipe)])
+    assert res.exit_code == 2 and "not both" in res.output and "\n" not in res.output.strip()
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_kill9_of_the_cli_mid_run_then_rerun_completes(synth_root, test_grid, tmp_path):
@@ -352,7 +383,7 @@ def test_kill9_of_the_cli_mid_run_then_rerun_completes(synth_root, test_grid, tm
     grid_file = tmp_path / "grid.json"
     grid_file.write_text(test_grid.to_json())
     out, parts = tmp_path / "occ.h5", tmp_path / "occ.h5.parts"
-    cmd = [sys.executable, "-c", "from cli.main import app; app()", "voxelize", "--dataroot", str(root), "--version", TINY_VERSION,
+    cmd = [sys.executable, "-c", "from occfeat.cli.main import app; app()", "voxelize", "--dataroot", str(root), "--version", TINY_VERSION,
            "--split", "all", "--out", str(out), "--grid", str(grid_file), "--block-size", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -9,7 +9,7 @@
    with one success and one clean "is being written by" line, and a correct output.
 3. bad inputs through the CLI: each should give exactly one "error:" line on stderr and exit status 2.
 
-Prints a summary table. Every command is ``python -m cli ...`` from the repository root.
+Prints a summary table. Every command is ``python -m occfeat ...`` from the repository root.
 """
 
 from __future__ import annotations
@@ -35,16 +35,8 @@ FT = REPO / "recipes/finetune/synthetic-tiny.yaml"
 TINY = ["train.epochs=1", "train.num_workers=0"]
 
 
-def tiny_grid_json() -> str:
-    """The grid of the tiny pretraining recipe, so the occupancy cache matches what pretrain expects."""
-    from occfeat.config import load_config
-    from occfeat.train.pretrain import PretrainConfig
-
-    return load_config(PretrainConfig, PRE).grid.to_json()
-
-
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", *map(str, args)]
+    return [sys.executable, "-m", "occfeat", *map(str, args)]
 
 
 def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -53,11 +45,11 @@ def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 
 def stage_commands(w: Path) -> dict[str, callable]:
     """stage → (out path, command for an output path, resume flag when rerunning)."""
-    root, grid = w / "ref-root", w / "grid.json"
+    root = w / "ref-root"
     return {
         "synth": lambda out: cli("synth", "--out", out, "--scenes", 2, "--samples-per-scene", 3, "--image-size", "96x54"),
         "voxelize": lambda out: cli("voxelize", "--dataroot", root, "--version", VERSION, "--split", SPLIT, "--out", out,
-                                    "--grid", grid, "--block-size", 1, "--no-progress"),
+                                    "--recipe", PRE, "--block-size", 1, "--no-progress"),
         "extract": lambda out: cli("extract", "--dataroot", root, "--version", VERSION, "--split", SPLIT, "--out", out,
                                    "--teacher", "vit_small_patch14_dinov2.lvd142m", "--random-teacher", "--input-size", "28x56",
                                    "--batch-size", 6, "--device", "cpu"),
@@ -143,7 +135,6 @@ def kill_trial(cmd_of, out: Path, ref_seconds: float, rng: random.Random, resuma
 
 def kill_trials(w: Path, n: int, rng: random.Random) -> list[tuple]:
     cmds, rows = stage_commands(w), []
-    (w / "grid.json").write_text(tiny_grid_json())
     for stage, cmd_of in cmds.items():
         ref = w / REF_NAME[stage]
         clear(ref)

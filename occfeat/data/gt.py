@@ -48,6 +48,7 @@ from tqdm import tqdm
 from occfeat.errors import OccfeatError
 from occfeat.geometry import apply_4x4, invert_rigid
 from occfeat.grid import BevGrid
+from occfeat.tasks import TASKS as TASK_LABELS
 
 VEHICLE_PREFIX = "vehicle."
 VEHICLE_RULES = ("fillpoly", "centre")
@@ -67,7 +68,7 @@ PAPER_MAP_LAYERS: dict[str, tuple[str, ...]] = {
     "parking": ("carpark_area",),
     "divider": ("road_divider",),
 }
-TASKS = ("vehicle", "map")
+TASKS = tuple(TASK_LABELS)
 GT_FORMAT = 2  # 2: fillPoly vehicle rule, map classes from the config; bump when drawing changes
 
 # Simple-BEV's instance targets (get_center_and_offset_bev, nuscenesdataset.py ~877-925).

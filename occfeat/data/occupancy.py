@@ -204,7 +204,7 @@ class OccupancyReader:
         if have != grid:
             raise OccfeatError(
                 f"occupancy cache {self.path} was built on grid {have.to_json()} but this run uses grid "
-                f"{grid.to_json()}; rebuild it with `occfeat voxelize --grid` for this grid or pass the matching grid"
+                f"{grid.to_json()}; rebuild it with `occfeat voxelize --recipe RECIPE` (the recipe of this run) or pass the matching grid"
             )
         self.grid = grid
         self.sweeps: int = int(spec["sweeps"])

@@ -1,0 +1,137 @@
+"""The package layout: the command line is ``occfeat.cli`` (never a top-level ``cli``), ``python -m
+occfeat`` runs it, a wheel carries it, and no module imports itself back through another."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = {"occfeat": REPO / "occfeat", "occfeat.cli": REPO / "cli"}  # import prefix → folder
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for prefix, folder in SOURCES.items():
+        for path in folder.rglob("*.py"):
+            parts = [p for p in path.relative_to(folder).with_suffix("").parts if p != "__init__"]
+            mods[".".join([prefix, *parts])] = path
+    return mods
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module name an import statement in the file may load, function-local imports included."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return names
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v:
+                comp.append(stack.pop())
+                on_stack.discard(comp[-1])
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_sees_a_lazy_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles_between_modules():
+    """Lazy (function-local) imports count: a circle hidden in a function is still two modules that cannot
+    be read, tested or moved apart. A submodule reaching its own package (``occfeat.x.y`` → ``occfeat.x``)
+    is not counted: the package is always loaded before its submodules."""
+    mods = _modules()
+    graph = {
+        name: {d for d in _imports(path) if d in mods and d != name and not name.startswith(d + ".")}
+        for name, path in mods.items()
+    }
+    assert _cycles(graph) == [], "import circles (break them: move what both need into a module both import)"
+
+
+def test_nothing_imports_a_top_level_cli_package():
+    offenders = []
+    for folder in ("occfeat", "cli", "tests", "benchmarks", "tools"):
+        for path in (REPO / folder).rglob("*.py"):
+            if path == Path(__file__).resolve():
+                continue  # this file names them to look for them
+            if any(n == "cli" or n.startswith("cli.") for n in _imports(path)):
+                offenders.append(str(path.relative_to(REPO)))
+            text = path.read_text(encoding="utf-8")
+            if '"-m", "cli"' in text or "-m cli " in text:
+                offenders.append(f"{path.relative_to(REPO)} (-m cli)")
+    assert offenders == []
+
+
+def test_every_command_is_registered():
+    from occfeat.cli.main import app
+
+    names = {c.name for c in app.registered_commands}
+    assert names == {"version", "synth", "voxelize", "extract", "pretrain", "finetune", "evaluate", "report", "demo", "study"}
+
+
+def test_python_m_occfeat_runs_this_checkouts_cli():
+    """From the repository root, ``python -m occfeat`` and ``occfeat.cli`` are this tree's code, whatever
+    else is installed (the installed editable copy may be another checkout)."""
+    res = subprocess.run([sys.executable, "-m", "occfeat", "version"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    from occfeat import __version__
+
+    assert res.stdout.strip() == __version__
+    code = "import occfeat.cli.main, occfeat.cli.voxelize as v; print(occfeat.cli.main.__file__); print(v.__file__)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert [Path(p).resolve() for p in res.stdout.split()] == [REPO / "cli" / "main.py", REPO / "cli" / "voxelize.py"]
+
+
+def test_wheel_holds_cli_as_occfeat_cli_and_every_module(tmp_path):
+    """Built from a copy of the tree (the build writes build/ and *.egg-info next to its sources)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("occfeat", "cli"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    code = f"from setuptools import build_meta; print(build_meta.build_wheel({str(tmp_path / 'dist')!r}))"
+    res = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "dist" / res.stdout.split()[-1]) as whl:
+        names = set(whl.namelist())
+        entry_points = next(whl.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    expected = {f"occfeat/{p.relative_to(REPO / 'occfeat').as_posix()}" for p in (REPO / "occfeat").rglob("*.py")}
+    expected |= {f"occfeat/cli/{p.relative_to(REPO / 'cli').as_posix()}" for p in (REPO / "cli").rglob("*.py")}
+    assert expected - names == set()
+    assert "occfeat/__main__.py" in names and "occfeat/cli/main.py" in names
+    assert not any(n.startswith("cli/") for n in names)
+    assert "occfeat = occfeat.cli.main:app" in entry_points
