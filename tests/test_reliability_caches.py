@@ -261,19 +261,19 @@ def _alive(pid: int) -> bool:
 def test_pretrain_refuses_caches_from_another_dataroot(occupancy_h5, synth_root, test_grid, tmp_path):
     from occfeat.data.occupancy import OccupancyReader
     from occfeat.data.index import SampleIndex
-    from occfeat.train.pretrain import PretrainConfig, _check_caches
+    from occfeat.objectives import Sources
+    from occfeat.train.pretrain import _check_caches
     from tests.fixtures.synth import TINY_VERSION
 
-    occ = OccupancyReader(occupancy_h5, test_grid)
+    sources = Sources(test_grid, occupancy=OccupancyReader(occupancy_h5, test_grid))
     tokens = SampleIndex(synth_root, TINY_VERSION, "mini_train").tokens
-    cfg = PretrainConfig(grid=test_grid, loss="occ")
     same = {"dataroot": str(synth_root.resolve()), "version": TINY_VERSION, "split": "mini_train"}
-    _check_caches(occ, None, tokens, "mini_train", cfg, same)  # split "all" serves every split
+    _check_caches(sources, tokens, "mini_train", same)  # split "all" serves every split
     other = dict(same, dataroot=str(tmp_path / "another-world"))  # same tokens, another world
     with pytest.raises(OccfeatError, match="made from another source: dataroot"):
-        _check_caches(occ, None, tokens, "mini_train", cfg, other)
+        _check_caches(sources, tokens, "mini_train", other)
     with pytest.raises(OccfeatError, match="version"):
-        _check_caches(occ, None, tokens, "mini_train", cfg, dict(same, version="v1.0-trainval"))
+        _check_caches(sources, tokens, "mini_train", dict(same, version="v1.0-trainval"))
 
 
 # ---- synth ----

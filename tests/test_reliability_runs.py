@@ -131,7 +131,7 @@ def test_damaged_last_pt_advice_works_for_resume_and_init(tmp_path):
     assert [r["loss"] for r in rows(run)] == [r["loss"] for r in rows(tmp_path / "full")]
 
     # finetune --init: the advice names the epoch checkpoints, and --init accepts one.
-    prun, net = _fake_pretrain_run(tmp_path, loss="occ")
+    prun, net = _fake_pretrain_run(tmp_path, objectives={"features": None})
     ckpts = prun / "checkpoints"
     atomic_save(load_checkpoint(ckpts / "last.pt"), ckpts / "epoch_001.pt")
     (ckpts / "last.pt").write_bytes(b"PK\x03\x04 torn")

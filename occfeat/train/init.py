@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
@@ -17,8 +15,7 @@ from occfeat.errors import OccfeatError
 from occfeat.models import BevNetwork, SegmentationHead, build_network
 from occfeat.train.records import PretrainingStamp, Provenance
 
-if TYPE_CHECKING:
-    from occfeat.train.finetune import FinetuneConfig
+from occfeat.train.finetune_config import FinetuneConfig
 
 
 class SegmentationModel(nn.Module):
