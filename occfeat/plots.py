@@ -53,8 +53,9 @@ def _overlay(masks: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     return np.flip(img, axis=(0, 1))
 
 
-def plot_samples(npz_path: Path, path: Path) -> Path:
-    """A few val samples from a run's ``samples.npz``: camera mosaic | ground truth | prediction."""
+def plot_samples(npz_path: Path, path: Path, title: str = "") -> Path:
+    """A few val samples from a run's ``samples.npz``: camera mosaic | ground truth | prediction, under
+    ``title`` (the report puts the run, its pretraining and its provenance marks there)."""
     try:
         d = np.load(npz_path, allow_pickle=False)
         cams, target, prob, valid = d["cameras"], d["target"], d["prob"], d["valid"]
@@ -70,14 +71,18 @@ def plot_samples(npz_path: Path, path: Path) -> Path:
         axes[i, 0].imshow(np.concatenate([top, bottom], axis=0))
         axes[i, 1].imshow(_overlay(target[i], valid[i]))
         axes[i, 2].imshow(_overlay(prob[i].astype(np.float32)))
-        for ax, title in zip(axes[i], ["cameras", "ground truth", "prediction (p >= 0.5)"]):
-            ax.set_title(title if i == 0 else "")
+        for ax, column in zip(axes[i], ["cameras", "ground truth", "prediction (p >= 0.5)"]):
+            ax.set_title(column if i == 0 else "")
             ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLORS[c % len(CLASS_COLORS)]) for c in range(len(classes))]
     handles.append(plt.Rectangle((0, 0), 1, 1, color=(0.15, 0.15, 0.15)))
     labels = [*classes, "excluded from IoU (low visibility)"]
     fig.legend(handles, labels, loc="lower center", ncol=len(labels))
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    top = 1.0
+    if title:
+        fig.suptitle(title, fontsize=10, y=0.995, va="top")
+        top = 1 - (0.35 + 0.22 * title.count("\n")) / fig.get_figheight()
+    fig.tight_layout(rect=(0, 0.04, 1, top))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -146,8 +146,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path, plots: bool = True
             from occfeat.plots import plot_iou_vs_fraction, plot_samples
 
             files.append(plot_iou_vs_fraction(summary, out / "iou_vs_fraction.png"))
-            for run in runs["run"]:
-                npz = Path(run) / "samples.npz"
+            for r in runs.itertuples(index=False):
+                npz = Path(r.run) / "samples.npz"
                 if npz.is_file():
-                    files.append(plot_samples(npz, out / f"samples-{Path(run).name}.png"))
+                    # Every figure says what it stands on: the run, its pretraining and the marks of its weights/data.
+                    marks = [f"{mark} {text}" for flag, mark, text in MARKS if getattr(r, flag)]
+                    title = "\n".join([f"{Path(r.run).name}: BEV pretraining {r.pretraining}{r.marks}, {r.labelled} labelled", *marks])
+                    files.append(plot_samples(npz, out / f"samples-{Path(r.run).name}.png", title))
     return {"runs": runs, "summary": summary, "table": table, "legend": notes, "files": files}

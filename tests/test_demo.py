@@ -20,7 +20,7 @@ def test_demo_ci_preset_runs_every_stage_and_reruns_as_a_no_op(tmp_path):
     runs = sorted(p.name for p in (out / "finetune").iterdir() if (p / "metrics.json").is_file())
     assert len(runs) == len(cfg.fractions) * len(cfg.pretrainings) * len(cfg.tasks) * len(cfg.seeds)
     table = pd.read_csv(out / "report" / "summary.csv", keep_default_na=False)
-    assert set(table["pretraining"].str.split().str[0]) == {"None", "Occ+Feat"}
+    assert set(table["pretraining"].str.split().str[0]) == {"None", "Occ+Feat", "Img-ALSO"}
     assert table["mean"].between(0, 1).all() and len(table) == len(runs)
     md = (out / "report" / "table.md").read_text()
     assert "random" in md and "synthetic" in md  # random-init teacher/backbone and synthetic data are stamped
