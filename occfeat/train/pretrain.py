@@ -255,7 +255,8 @@ class PretrainRun:
     config: PretrainConfig
     network_state: dict
     provenance: dict
-    step: int
+    epochs: float
+    """Epochs the checkpoint's network was trained for (fractional when the run stopped mid-epoch)."""
 
     @property
     def label(self) -> str:
@@ -266,7 +267,7 @@ class PretrainRun:
         return {
             "label": self.label,
             "objectives": {n: dataclasses.asdict(c) for n, c in self.config.objectives.items()},
-            "epochs": self.config.train.epochs,
+            "epochs": int(self.epochs) if float(self.epochs).is_integer() else round(self.epochs, 2),
             "run": str(self.source),
         }
 
@@ -289,4 +290,5 @@ def read_pretrain_run(init: str | Path) -> PretrainRun:
         provenance = json.loads(prov_file.read_text()) if prov_file.is_file() else ckpt["task"].get("provenance", {})
     except json.JSONDecodeError as e:
         raise OccfeatError(f"{prov_file} is not valid JSON ({e}); restore it from the pretraining run") from e
-    return PretrainRun(init.resolve(), path, config, ckpt["task"]["network"], provenance, int(ckpt["step"]))
+    epochs = int(ckpt["step"]) / ckpt["steps_per_epoch"] if ckpt.get("steps_per_epoch") else float(ckpt["epoch"])
+    return PretrainRun(init.resolve(), path, config, ckpt["task"]["network"], provenance, epochs)

@@ -43,8 +43,8 @@ class PretrainingStamp:
     """The pretraining's name in tables, e.g. "Occ+Feat"; "None" without BEV pretraining."""
     objectives: dict[str, dict] = field(default_factory=dict)
     """Objective name → its settings, at least {"weight": w}; {} for None."""
-    epochs: int | None = None
-    """Pretraining epochs; None for None."""
+    epochs: float | None = None
+    """Pretraining epochs the network was trained for (fractional when a run stopped mid-epoch); None for None."""
     run: str | None = None
     """The pretraining run dir or checkpoint the network was loaded from; None for None."""
 
@@ -57,7 +57,7 @@ class PretrainingStamp:
         is not 1, e.g. "Occ+Feat (50 ep, λ=0.01)" (λ: the teacher-features weight, as in the paper)."""
         if self.is_none:
             return NONE_LABEL
-        parts = [f"{self.epochs} ep"] if self.epochs is not None else []
+        parts = [f"{self.epochs:g} ep"] if self.epochs is not None else []
         for name, settings in self.objectives.items():
             w = settings.get("weight", 1)
             if w != 1:
@@ -78,7 +78,7 @@ class PretrainingStamp:
         objectives = d.get("objectives") or {}
         if not isinstance(objectives, dict) or not all(isinstance(v, dict) for v in objectives.values()):
             raise ValueError(f"pretraining.objectives must map names to settings, got {objectives!r}")
-        return cls(label=str(d["label"]), objectives=objectives, epochs=None if epochs is None else int(epochs),
+        return cls(label=str(d["label"]), objectives=objectives, epochs=None if epochs is None else _epochs(epochs),
                    run=None if d.get("run") is None else str(d["run"]))
 
 
@@ -115,7 +115,13 @@ def legacy_pretraining_stamp(old: dict) -> PretrainingStamp:
     }[mode]
     label = {"occfeat": "Occ+Feat", "occ": "Occ", "feat": "Feat"}[mode]
     run = old.get("run")
-    return PretrainingStamp(label, objectives, None if epochs is None else int(epochs), None if run is None else str(run))
+    return PretrainingStamp(label, objectives, None if epochs is None else _epochs(epochs), None if run is None else str(run))
+
+
+def _epochs(value) -> float | int:
+    """Whole epochs as an int (as they were written), a run stopped mid-epoch to 2 decimals."""
+    v = float(value)
+    return int(v) if v.is_integer() else round(v, 2)
 
 
 @dataclass
