@@ -34,6 +34,7 @@ from occfeat.config import load_config, merge, to_dict
 from occfeat.data.index import SYNTH_MARKER
 from occfeat.data.synth import SynthConfig
 from occfeat.errors import OccfeatError
+from occfeat.train.labels import fraction_defaults
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # Labelled subsets smaller than this are loaded in the main process (see _finetune_schedule).
@@ -71,9 +72,10 @@ class StudyConfig:
     tasks: tuple[str, ...] = ("vehicle",)
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: tuple[int, ...] = (0,)
-    finetune_steps: int = 40
-    """Optimizer steps per finetune run: epochs are derived from the labelled count so every fraction
-    gets the same budget (0: keep the recipe's epochs, the paper's protocol)."""
+    finetune_epoch_scale: float = 0.15
+    """The paper's finetuning epochs per label fraction (100 / 50 / 30 at 1 / 10 / 100 %,
+    ``occfeat.train.labels.FRACTION_DEFAULTS``) times this factor, the same for every fraction: budgets
+    follow the paper, so 100 % trains on more data and for more steps than 1 %. 0: the recipe's epochs."""
 
 
 def recipe_path(name: str | Path) -> Path:
@@ -110,18 +112,18 @@ def _ensure_dataroot(cfg: StudyConfig, root: Path, console) -> None:
     write_dataroot(root, cfg.synth, overwrite=root.exists())
 
 
-def _finetune_schedule(n_train: int, fraction: float, batch: int, accum: int, steps: int) -> dict:
+def _finetune_schedule(n_train: int, fraction: float, batch: int, accum: int, epoch_scale: float) -> dict:
     """Train settings for a labelled subset of ceil(f·N) samples: the batch shrinks to the subset when
-    it is smaller (1 % of a small world can be one sample), and with ``steps`` > 0 the epochs are set
-    to give about that many optimizer steps."""
+    it is smaller (1 % of a small world can be one sample), and with ``epoch_scale`` > 0 the epochs are
+    the paper's for the fraction times ``epoch_scale`` (at least 1)."""
     n = max(1, math.ceil(fraction * n_train - 1e-9))
     batch = min(batch, n)
     accum = max(1, min(accum, n // batch))
     out = {"batch_size": batch, "grad_accum": accum}
     if n < SMALL_SUBSET:
         out["num_workers"] = 0  # forking loader workers every epoch costs more than loading a few samples
-    if steps > 0:
-        out["epochs"] = max(1, round(steps / max(1, n // batch // accum)))
+    if epoch_scale > 0:
+        out["epochs"] = max(1, round(fraction_defaults(fraction)["epochs"] * epoch_scale))
     return out
 
 
@@ -241,7 +243,7 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
                         continue
                     fcfg = resolve_config(ft_recipe, task, fraction, [*cfg.finetune_overrides, f"train.seed={seed}"])
                     fcfg = merge(fcfg, {"train": _finetune_schedule(
-                        n_train, fraction, fcfg.train.batch_size, fcfg.train.grad_accum, cfg.finetune_steps)})
+                        n_train, fraction, fcfg.train.batch_size, fcfg.train.grad_accum, cfg.finetune_epoch_scale)})
                     console.print(f"{run.name}: {fcfg.train.epochs} epochs, init={inits[name] or 'none'}")
                     timed(f"finetune/{run.name}", lambda: run_finetune(
                         fcfg, root, version, run, init=inits[name], split=cfg.train_split, val_split=cfg.val_split,

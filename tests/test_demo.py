@@ -48,8 +48,12 @@ def test_demo_ci_preset_runs_every_stage_and_reruns_as_a_no_op(tmp_path):
     assert res3.exit_code == 2 and "--preset must be one of" in res3.output
 
 
-def test_finetune_schedule_fits_small_subsets():
-    # 1 % of 40 samples is one sample: the batch shrinks to it and the step budget sets the epochs
-    assert _finetune_schedule(40, 0.01, 6, 1, 30) == {"batch_size": 1, "grad_accum": 1, "num_workers": 0, "epochs": 30}
+def test_finetune_schedule_fits_small_subsets_and_follows_the_papers_epochs():
+    # 1 % of 40 samples is one sample: the batch shrinks to it; the epochs are the paper's (100 / 50 / 30) scaled
+    assert _finetune_schedule(40, 0.01, 6, 1, 0.2) == {"batch_size": 1, "grad_accum": 1, "num_workers": 0, "epochs": 20}
     assert _finetune_schedule(40, 1.0, 8, 5, 0) == {"batch_size": 8, "grad_accum": 5}
-    assert _finetune_schedule(400, 0.1, 2, 1, 30) == {"batch_size": 2, "grad_accum": 1, "epochs": 2}
+    assert _finetune_schedule(400, 0.1, 2, 1, 0.2) == {"batch_size": 2, "grad_accum": 1, "epochs": 10}
+    # 100 % trains on more data AND for more optimizer steps than 1 %
+    steps = {f: _finetune_schedule(400, f, 2, 1, 0.2)["epochs"] * (max(1, round(f * 400)) // min(2, max(1, round(f * 400))))
+             for f in (0.01, 0.1, 1.0)}
+    assert steps[0.01] < steps[0.1] < steps[1.0]
