@@ -139,7 +139,8 @@ def test_boxes_project_onto_the_rendered_objects(nusc, synth_root):
             sd, g_T_e, e_T_c = _pose(nusc, sample["data"][channel])
             t = (sd["timestamp"] - t0) / 1e6
             K = np.asarray(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["camera_intrinsic"])
-            rgb, hit, _, bs = render_camera(layout, boxes_at(layout, scene, t), g_T_e @ e_T_c, K, sd["width"], sd["height"])
+            rgb, hit, _, bs, _, _ = render_camera(layout, boxes_at(layout, scene, t), g_T_e @ e_T_c, K, sd["width"],
+                                                  sd["height"])
             stored = np.asarray(Image.open(synth_root / sd["filename"]), dtype=np.float64)
             assert np.abs(stored - rgb).mean() < 6.0
             c_T_g = invert_rigid(g_T_e @ e_T_c)
