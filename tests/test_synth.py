@@ -186,6 +186,7 @@ def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
 
     a, b, c = files(roots[0]), files(roots[1]), files(other)
     assert a == b and len(a) > 20
+    assert sum(name.startswith("occfeat_semantics/") for name in a) == 2 * 6  # the label PNGs are covered too
     assert a["v1.0-mini/sample_annotation.json"] != c.get("v1.0-mini/sample_annotation.json")
     assert not list(tmp_path.glob(".*synth-tmp"))
 
