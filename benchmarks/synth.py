@@ -57,8 +57,8 @@ def main() -> None:
     n = cfg.samples_per_scene
     print(f"occfeat synth, 1 scene x {n} key frames at {w}x{h} (6 images + 10 LiDAR sweeps per key frame)")
     for k in ("render", "lidar", "jpeg", "semantics"):
-        print(f"  {k:<7} {timings[k] / n:6.3f} s / key frame")
-    print(f"  total   {wall / n:6.3f} s / key frame (tables, files, map included)")
+        print(f"  {k:<9} {timings[k] / n:6.3f} s / key frame")
+    print(f"  total     {wall / n:6.3f} s / key frame (tables, files, map included)")
 
     layout = make_layout(0, left_hand=True)
     scene = make_scene(layout, 0, 0, 1.0, 0.45)
