@@ -1,6 +1,6 @@
-"""Time of `occfeat synth` per key frame, split into camera rendering (6 images), LiDAR (10 sweeps)
-and JPEG encoding, plus the numba camera ray caster against a plain-numpy ray cast of the same
-rays and boxes (depth only) measured in the same run.
+"""Time of `occfeat synth` per key frame, split into camera rendering (6 images), LiDAR (10 sweeps),
+JPEG encoding and the semantic label PNGs, plus the numba camera ray caster against a plain-numpy ray
+cast of the same rays and boxes (depth only) measured in the same run.
 
     python benchmarks/synth.py [--samples 4] [--image-size 1600x900]
 """
@@ -56,9 +56,9 @@ def main() -> None:
         wall = time.perf_counter() - tic
     n = cfg.samples_per_scene
     print(f"occfeat synth, 1 scene x {n} key frames at {w}x{h} (6 images + 10 LiDAR sweeps per key frame)")
-    for k in ("render", "lidar", "jpeg"):
-        print(f"  {k:<7} {timings[k] / n:6.3f} s / key frame")
-    print(f"  total   {wall / n:6.3f} s / key frame (tables, files, map included)")
+    for k in ("render", "lidar", "jpeg", "semantics"):
+        print(f"  {k:<9} {timings[k] / n:6.3f} s / key frame")
+    print(f"  total     {wall / n:6.3f} s / key frame (tables, files, map included)")
 
     layout = make_layout(0, left_hand=True)
     scene = make_scene(layout, 0, 0, 1.0, 0.45)
@@ -67,7 +67,7 @@ def main() -> None:
     K = CAMERA_MOUNTS[0].K(w, h)
     bs = boxes_at(layout, scene, 0.0)
     tic = time.perf_counter()
-    _, _, _, culled = render_camera(layout, bs, g_T_cam, K, w, h)
+    culled = render_camera(layout, bs, g_T_cam, K, w, h).boxes
     numba_px = (time.perf_counter() - tic) / (w * h)
     rows = range(h // 2, h // 2 + 8)
     tic = time.perf_counter()

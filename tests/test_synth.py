@@ -139,7 +139,8 @@ def test_boxes_project_onto_the_rendered_objects(nusc, synth_root):
             sd, g_T_e, e_T_c = _pose(nusc, sample["data"][channel])
             t = (sd["timestamp"] - t0) / 1e6
             K = np.asarray(nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["camera_intrinsic"])
-            rgb, hit, _, bs = render_camera(layout, boxes_at(layout, scene, t), g_T_e @ e_T_c, K, sd["width"], sd["height"])
+            rgb, hit, _, bs, _, _ = render_camera(layout, boxes_at(layout, scene, t), g_T_e @ e_T_c, K, sd["width"],
+                                                  sd["height"])
             stored = np.asarray(Image.open(synth_root / sd["filename"]), dtype=np.float64)
             assert np.abs(stored - rgb).mean() < 6.0
             c_T_g = invert_rigid(g_T_e @ e_T_c)
@@ -185,6 +186,7 @@ def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
 
     a, b, c = files(roots[0]), files(roots[1]), files(other)
     assert a == b and len(a) > 20
+    assert sum(name.startswith("occfeat_semantics/") for name in a) == 2 * 6  # the label PNGs are covered too
     assert a["v1.0-mini/sample_annotation.json"] != c.get("v1.0-mini/sample_annotation.json")
     assert not list(tmp_path.glob(".*synth-tmp"))
 

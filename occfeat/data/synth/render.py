@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
+from occfeat.data.synth.semantics import GROUND_CLASS, KIND_CLASS, SKY
 from occfeat.data.synth.world import (
     ASPHALT, BOX_MARGIN, CARPARK, GRASS, KIND_BIG, KIND_BUILDING, KIND_CAR, KIND_CROWN, KIND_PED,
     KIND_TWO_WHEEL, SIDEWALK, WHITE_PAINT, YELLOW_PAINT, ZEBRA, Layout, Scene,
@@ -229,9 +231,11 @@ def _ground_color(x, y, mat, out):
 
 @njit(parallel=True, cache=True)
 def camera_kernel(H, W, K_inv, R, origin, boxes, colors, kinds, rect, t_low, need_proj, centers, hw0, hw1, lanes0,
-                  lanes1, carparks, P, rgb, hit, proj):
+                  lanes1, carparks, P, ground_class, kind_class, sky_class, rgb, hit, proj, label, distance):
     """rgb (H, W, 3) uint8, hit (H, W) int32 box index or -1, proj (H, N) int32 pixels each box covers
-    ignoring occlusion (counted where need_proj, for visibility). rect (N, 4) int: row0, row1, col0, col1
+    ignoring occlusion (counted where need_proj, for visibility), label (H, W) uint8 semantic class
+    (``ground_class[material]``, ``kind_class[kind]`` or ``sky_class``), distance (H, W) float32 along
+    the ray to the hit (inf for sky). rect (N, 4) int: row0, row1, col0, col1
     (half-open). Boxes come sorted by t_low, a lower bound of their distance, so a box already hidden
     behind the nearest hit so far is skipped without a test."""
     N = boxes.shape[0]
@@ -272,17 +276,22 @@ def camera_kernel(H, W, K_inv, R, origin, boxes, colors, kinds, rect, t_low, nee
                 t, axis, sign = _hit_box(ox, oy, oz, dx, dy, dz, boxes[b])
                 _box_color(ox, oy, oz, dx, dy, dz, t, axis, sign, boxes[b], colors[b], kinds[b], px)
                 hit[r, col] = b
+                label[r, col] = kind_class[kinds[b]]
             elif tg < math.inf:
                 t = tg
                 x, y = ox + t * dx, oy + t * dy
-                _ground_color(x, y, ground_material(x, y, centers, hw0, hw1, lanes0, lanes1, carparks, P), px)
+                mat = ground_material(x, y, centers, hw0, hw1, lanes0, lanes1, carparks, P)
+                _ground_color(x, y, mat, px)
                 hit[r, col] = -1
+                label[r, col] = ground_class[mat]
             else:
                 t = math.inf
                 a = min(1.0, max(0.0, dz * 4.0))
                 for k in range(3):
                     px[k] = SKY_HORIZON[k] * (1 - a) + SKY_TOP[k] * a
                 hit[r, col] = -1
+                label[r, col] = sky_class
+            distance[r, col] = t
             if t < math.inf:
                 f = 1.0 - math.exp(-t / FOG_M)
                 for k in range(3):
@@ -344,10 +353,26 @@ def box_corners(boxes: np.ndarray) -> np.ndarray:
     return np.stack([x, y, local[..., 2] + boxes[:, None, 2]], axis=-1)
 
 
+class CameraRender(NamedTuple):
+    """One ray-cast image and what the renderer knows per pixel."""
+
+    rgb: np.ndarray
+    """(H, W, 3) uint8"""
+    hit: np.ndarray
+    """(H, W) int32 index into ``boxes`` of the box seen, or -1 (ground or sky)"""
+    projected: np.ndarray
+    """(N,) pixels each agent box would cover unoccluded (0 for static boxes)"""
+    boxes: BoxSet
+    """the culled, distance-sorted boxes ``hit`` indexes"""
+    label: np.ndarray
+    """(H, W) uint8 semantic class id (``semantics.SEMANTIC_CLASSES``)"""
+    distance: np.ndarray
+    """(H, W) float32 metres along the pixel-centre ray to the surface seen; inf for sky"""
+
+
 def render_camera(layout: Layout, boxset: BoxSet, global_T_cam: np.ndarray, K: np.ndarray, width: int, height: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, BoxSet]:
-    """Ray-cast one image. Returns (rgb (H, W, 3) uint8, hit (H, W) int32 index into the returned
-    BoxSet or -1, projected (N,) pixels each box would cover unoccluded, the culled BoxSet)."""
+                  ) -> CameraRender:
+    """Ray-cast one image through pixel centres (u + 0.5, v + 0.5) of pix_T_cam ``K``."""
     bs = boxset.near(global_T_cam[:2, 3], CAMERA_RANGE)
     t_low = np.maximum(np.linalg.norm(bs.boxes[:, :3] - global_T_cam[:3, 3], axis=1) - np.linalg.norm(bs.boxes[:, 3:6], axis=1), 0.0)
     order = np.argsort(t_low, kind="stable")
@@ -371,11 +396,13 @@ def render_camera(layout: Layout, boxset: BoxSet, global_T_cam: np.ndarray, K: n
     rgb = np.empty((height, width, 3), dtype=np.uint8)
     hit = np.empty((height, width), dtype=np.int32)
     proj = np.zeros((height, len(bs.boxes)), dtype=np.int32)
+    label = np.empty((height, width), dtype=np.uint8)
+    distance = np.empty((height, width), dtype=np.float32)
     camera_kernel(height, width, np.linalg.inv(K), np.ascontiguousarray(global_T_cam[:3, :3]),
                   np.ascontiguousarray(global_T_cam[:3, 3]), bs.boxes, bs.colors.astype(np.float64), bs.kinds, rect,
                   t_low, bs.agent >= 0,
-                  *_ground_args(layout), rgb, hit, proj)
-    return rgb, hit, proj.sum(0), bs
+                  *_ground_args(layout), GROUND_CLASS, KIND_CLASS, SKY, rgb, hit, proj, label, distance)
+    return CameraRender(rgb, hit, proj.sum(0), bs, label, distance)
 
 
 def cast_lidar(layout: Layout, boxset: BoxSet, global_T_lidar: np.ndarray, dirs_sensor: np.ndarray, max_range: float

@@ -25,6 +25,7 @@ from occfeat.data.index import CAMERAS, EGO_BOX, SYNTH_MARKER, VERSIONS
 from occfeat.data.synth.maps import write_map
 from occfeat.data.synth.render import annotation_boxes, boxes_at, cast_lidar, render_camera
 from occfeat.data.synth.rig import CAMERA_MOUNTS, KEYFRAME_HZ, LIDAR_MOUNT
+from occfeat.data.synth.semantics import SEMANTICS_DIR, semantics_path
 from occfeat.data.synth.tables import Tokens, attribute_name, static_tables, visibility_token, write_tables
 from occfeat.data.synth.world import Layout, Scene, make_layout, make_scene
 from occfeat.errors import OccfeatError
@@ -35,6 +36,7 @@ from occfeat.geometry import apply_4x4, invert_rigid, make_transform, pose_from_
 BASE_TIMESTAMP_US = 1_533_201_470_000_000  # 2018-08-02, like the nuScenes logs; no wall clock anywhere
 SCENE_SPACING_US = 120_000_000
 JPEG_QUALITY = 90
+PNG_COMPRESS_LEVEL = 1  # the label PNGs: zlib's fastest level; flat label regions compress well anyway
 
 
 @dataclass
@@ -209,8 +211,9 @@ class _SceneWriter:
             t = t_kf + mount.time_offset_us / 1e6
             pose_tok, g_T_e = self.ego_pose(scene, t)
             tic = time.perf_counter()
-            rgb, hit, proj, bs = render_camera(self.layout, boxes_at(self.layout, scene, t), g_T_e @ mount.ego_T_cam(),
-                                               mount.K(width, height), width, height)
+            img = render_camera(self.layout, boxes_at(self.layout, scene, t), g_T_e @ mount.ego_T_cam(),
+                                mount.K(width, height), width, height)
+            hit, proj, bs = img.hit, img.projected, img.boxes
             self.timings["render"] += time.perf_counter() - tic
             agent_of_pixel = bs.agent[hit[hit >= 0]]
             n_agents = visible[0].shape[1]
@@ -218,11 +221,16 @@ class _SceneWriter:
             visible[1][i] += np.bincount(bs.agent[bs.agent >= 0], weights=proj[bs.agent >= 0], minlength=n_agents)
             tic = time.perf_counter()
             buf = io.BytesIO()
-            Image.fromarray(rgb).save(buf, format="JPEG", quality=JPEG_QUALITY)
+            Image.fromarray(img.rgb).save(buf, format="JPEG", quality=JPEG_QUALITY)
             self.timings["jpeg"] += time.perf_counter() - tic
             filename = f"samples/{mount.channel}/{self.log_name}__{mount.channel}__{self.us(t)}.jpg"
             (self.root / filename).parent.mkdir(parents=True, exist_ok=True)
             (self.root / filename).write_bytes(buf.getvalue())
+            tic = time.perf_counter()
+            label_file = semantics_path(self.root, filename)
+            label_file.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.label).save(label_file, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+            self.timings["semantics"] += time.perf_counter() - tic
             sd_chain[mount.channel].append(self._sample_data(sample_tok, pose_tok, calib[mount.channel], t, "jpg", True,
                                                              width, height, filename))
 
@@ -261,7 +269,8 @@ def is_complete(root: Path, cfg: SynthConfig) -> bool:
         have = json.loads((root / SYNTH_MARKER).read_text()).get("config")
     except (OSError, ValueError, AttributeError):
         return False
-    return have == json.loads(json.dumps(dataclasses.asdict(cfg)))
+    # a world from before the label sidecar existed is not what synth writes now
+    return have == json.loads(json.dumps(dataclasses.asdict(cfg))) and (root / SEMANTICS_DIR).is_dir()
 
 
 def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings: dict | None = None) -> Path:
@@ -272,7 +281,7 @@ def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings
     renames it at the end, so an interrupted run never leaves a half dataroot; ``overwrite`` moves the
     old one aside first and deletes it last, and a run killed anywhere in between is finished or undone
     by the next one. Holds the lock of ``out`` throughout. ``timings`` (optional) accumulates seconds
-    spent in "render", "lidar" and "jpeg"."""
+    spent in "render", "lidar", "jpeg" and "semantics" (encoding and writing the label PNGs)."""
     out = Path(out)
     with output_lock(out, "dataroot"):
         tmp = out.parent / f".{out.name}.synth-tmp"
@@ -289,7 +298,7 @@ def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings
                 return out
             validate(out, cfg, overwrite)
             timings = timings if timings is not None else {}
-            for k in ("render", "lidar", "jpeg"):
+            for k in ("render", "lidar", "jpeg", "semantics"):
                 timings.setdefault(k, 0.0)
             out.parent.mkdir(parents=True, exist_ok=True)
             if tmp.exists():
