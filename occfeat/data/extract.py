@@ -251,7 +251,7 @@ def extract_features(
     if teacher == STANDIN_TEACHER:
         if weights is not None or random_teacher:
             raise OccfeatError("the semantic stand-in teacher takes no weights; drop --weights/--random-teacher")
-        model, prov, info = build_standin(dataroot, standin, input_size)
+        model, prov, info = build_standin(dataroot, standin, check_input_size(input_size, standin.patch_size))
     else:
         model, prov, info = build_teacher(teacher, weights, random_teacher, input_size)
     hp, wp = info["feature_hw"]

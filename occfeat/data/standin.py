@@ -116,14 +116,15 @@ class StandinTeacher:
 def build_standin(dataroot: str | Path, cfg: StandinConfig, input_size: tuple[int, int]) -> tuple[StandinTeacher, Provenance, dict]:
     """The stand-in, its provenance (pretrained=False, source "semantic-standin") and the info
     ``extract_features`` stamps (the keys :func:`occfeat.data.extract.build_teacher` returns, plus
-    ``standin``: the knobs). One-line error when the dataroot has no labels at all."""
-    from occfeat.data.extract import check_input_size
+    ``standin``: the knobs). ``input_size`` (H, W): multiples of ``cfg.patch_size``, checked by the caller
+    (``occfeat.data.extract.check_input_size``). One-line error when the dataroot has no labels at all."""
     from occfeat.data.synth.semantics import SEMANTIC_CLASSES, SEMANTICS_DIR
     from occfeat.weights import Provenance
 
     if cfg.feature_dim < 1 or cfg.noise < 0:
         raise OccfeatError(f"the stand-in teacher needs feature_dim >= 1 and noise >= 0 (got {cfg.feature_dim}, {cfg.noise})")
-    h, w = check_input_size(input_size, cfg.patch_size)
+    h, w = input_size
+    assert h % cfg.patch_size == 0 and w % cfg.patch_size == 0, f"input size {h}x{w} is not a multiple of {cfg.patch_size}"
     if not (Path(dataroot) / SEMANTICS_DIR).is_dir():
         raise OccfeatError(
             f"{dataroot} has no semantic labels ({SEMANTICS_DIR}/): only occfeat synth worlds have them; "
