@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def print_metrics(m: FinetuneMetrics) -> None:
     ious = " ".join(f"{k}={100 * v:.1f}" for k, v in m.iou.items())
-    flags = [name for name in ("synthetic_data", "backbone_random_init", "teacher_random_init") if getattr(m.provenance, name)]
+    flags = [name for name in ("synthetic_data", "backbone_random_init", "teacher_random_init", "teacher_standin") if getattr(m.provenance, name)]
     console.print(f"{m.task} IoU on {m.split} ({m.fraction:g} of the labels, {m.labelled_samples} samples): mean {100 * m.mean_iou:.1f} | {ious}", highlight=False)
     if flags:
         console.print(f"note: {', '.join(flags)}: not comparable to the paper's numbers (recorded in metrics.json)", highlight=False)

@@ -37,6 +37,8 @@ def pretrain(
     prov = summary["provenance"]
     if prov["random_init"]:
         console.print("note: random-init weights were used (backbone or teacher); recorded in provenance.json")
+    if prov.get("teacher_standin"):
+        console.print("note: semantic stand-in teacher (synthetic labels), not DINOv2; recorded in provenance.json")
     last = summary["last"]
     terms = " ".join(f"{k}={v:.4f}" for k, v in last.items() if k.startswith("loss"))
     console.print(

@@ -8,7 +8,7 @@ labelled samples its runs saw before finetuning. Several seeds of one setting be
 and input size, the same number of labelled samples and the same data/backbone provenance.
 
 Provenance marks (one footnote legend under every table): rows whose numbers depend on random-init
-weights or on synthetic data must never pass for paper-comparable results.
+weights, on the semantic stand-in teacher or on synthetic data must never pass for paper-comparable results.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from occfeat.data.standin import STANDIN_LEGEND
 from occfeat.errors import OccfeatError
 from occfeat.files import writing
 from occfeat.tasks import TASKS
@@ -30,6 +31,7 @@ MARKS = (
     ("synthetic_data", "§", "synthetic data (occfeat synth): not comparable to nuScenes numbers"),
     ("backbone_random_init", "*", "image backbone started from random weights, not ImageNet"),
     ("teacher_random_init", "‡", "pretrained with a random-init teacher (no DINOv2 weights)"),
+    ("teacher_standin", "¶", STANDIN_LEGEND),
 )
 # Marks that must match for a delta: comparing synthetic to real, or random to ImageNet backbones, is meaningless.
 DELTA_MARKS = ("synthetic_data", "backbone_random_init")

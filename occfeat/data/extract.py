@@ -1,5 +1,7 @@
 """Teacher features: every key-frame camera image through a frozen timm ViT (DINOv2 ViT-S/14 by
 default, paper §4.1), patch tokens after the final norm, stored per sample as (6, Hp, Wp, C) float16.
+On a synthetic world, ``teacher="semantic-standin"`` makes the same maps from the world's per-pixel labels
+instead (:mod:`occfeat.data.standin`; an instrument, stamped as such).
 
 The teacher is frozen, so its 2D maps are computed once here; the voxel targets are derived from them
 on the training device (``occfeat.data.targets``). Each image is resized WHOLE (no crop, no pad) to the
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from occfeat import __version__
 from occfeat.data.index import CAMERAS, SampleIndex
+from occfeat.data.standin import STANDIN_TEACHER, StandinConfig, build_standin, is_standin, run_standin_blocks
 from occfeat.data.store import CacheReader, CacheWriter, Payload
 from occfeat.errors import OccfeatError
 from occfeat.procs import die_with_parent
@@ -42,7 +45,8 @@ class ExtractConfig:
     """Defaults of ``occfeat extract`` (the one home of these numbers)."""
 
     teacher: str = "vit_small_patch14_dinov2.lvd142m"
-    """timm model name of the frozen teacher; any timm ViT works. Paper: DINOv2 ViT-S/14."""
+    """timm model name of the frozen teacher; any timm ViT works. Paper: DINOv2 ViT-S/14. On an ``occfeat
+    synth`` world, "semantic-standin" selects the semantic stand-in teacher (:mod:`occfeat.data.standin`)."""
     input_size: tuple[int, int] = (224, 406)
     """Teacher input (H, W), multiples of the patch size (14). The paper does not state it; 224x406 is the
     student's 224x400 with W rounded up to /14 (the 1600x900 image is resized whole, 2 % anisotropic, which
@@ -231,18 +235,25 @@ def extract_features(
     block_samples: int = DEFAULTS.block_samples,
     progress: bool = True,
     index: SampleIndex | None = None,
+    standin: StandinConfig = StandinConfig(),
 ) -> ExtractSummary:
     """Write the teacher features of every key frame of ``split`` to ``out`` (schema: data/README.md).
 
     Resumable (finished blocks are kept), idempotent (a complete cache is left alone), and refuses a
     cache made under another teacher, weights, input size or sample list. ``skip_bad`` marks samples
-    with an unreadable image invalid instead of stopping.
+    with an unreadable image invalid instead of stopping. ``teacher`` "semantic-standin": the stand-in
+    with the knobs ``standin`` (no weights; its spec also holds ``standin``, the knobs).
     """
     if batch_size < 1 or workers < 0:
         raise OccfeatError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
     dev = resolve_device(device)
     index = index if index is not None else SampleIndex(dataroot, version, split)
-    model, prov, info = build_teacher(teacher, weights, random_teacher, input_size)
+    if teacher == STANDIN_TEACHER:
+        if weights is not None or random_teacher:
+            raise OccfeatError("the semantic stand-in teacher takes no weights; drop --weights/--random-teacher")
+        model, prov, info = build_standin(dataroot, standin, check_input_size(input_size, standin.patch_size))
+    else:
+        model, prov, info = build_teacher(teacher, weights, random_teacher, input_size)
     hp, wp = info["feature_hw"]
     shape = (len(CAMERAS), hp, wp, info["feature_dim"])
     spec = {
@@ -262,12 +273,15 @@ def extract_features(
         "split": split or "all",
         "dataroot": str(Path(dataroot).resolve()),
         "occfeat_version": __version__,
+        **({"standin": info["standin"]} if "standin" in info else {}),
     }
     with CacheWriter(out, index.tokens, spec, {"features": Payload(shape, "float16")}, block_size=block_samples) as writer:
         pending = writer.pending()
         t0 = time.perf_counter()
         n_images = 0
-        if pending:
+        if pending and is_standin(spec):
+            n_images = run_standin_blocks(writer, index, pending, model, skip_bad, progress)
+        elif pending:
             n_images = _run_blocks(writer, index, pending, model.to(dev), info, dev, batch_size, workers, skip_bad, progress)
         skipped = writer.finalize()
     seconds = time.perf_counter() - t0
@@ -361,6 +375,11 @@ class FeatureReader:
     @property
     def pretrained(self) -> bool:
         return bool(self.spec["pretrained"])
+
+    @property
+    def standin(self) -> bool:
+        """Made by the semantic stand-in teacher (not pretrained, not random either)."""
+        return is_standin(self.spec)
 
     @property
     def tokens(self) -> list[str]:

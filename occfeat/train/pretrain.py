@@ -189,12 +189,14 @@ class PretrainTask:
         self.collate = PretrainCollate(self.train_set.ragged)
         self.data = {"version": version, "split": split, "samples": len(rigs)}
         teacher = sources.features
-        keys = ("teacher", "pretrained", "weights_source", "weights_sha256", "feature_dim")
+        keys = ("teacher", "pretrained", "weights_source", "weights_sha256", "feature_dim", "standin")
+        standin = teacher is not None and teacher.standin  # not pretrained, but not random: stamped on its own
         self.provenance = {
             "backbone": network.provenance.as_dict(),
             # Runs that never read the teacher are not stamped with its weights.
             "teacher": {k: teacher.spec.get(k) for k in keys if k in teacher.spec} if teacher is not None else {"used": False},
-            "random_init": not network.provenance.pretrained or (teacher is not None and not teacher.pretrained),
+            "random_init": not network.provenance.pretrained or (teacher is not None and not teacher.pretrained and not standin),
+            "teacher_standin": standin,
             "inputs": {"dataroot": str(Path(dataroot).resolve()),
                        "occupancy": str(Path(occupancy).resolve()) if sources.occupancy is not None else None,
                        "features": str(Path(features).resolve()) if teacher is not None else None},  # fmt: skip

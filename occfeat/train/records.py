@@ -11,7 +11,7 @@
     task, fraction, seed, labelled_samples, arch, backbone, input_size [H, W],
     mean_iou, iou {class: IoU}, intersection / union {class: cells}, threshold, classes, split,
     pretraining {label, objectives {name: {weight, ...}}, epochs, run},
-    provenance {synthetic_data, backbone_random_init, teacher_random_init, backbone, teacher},
+    provenance {synthetic_data, backbone_random_init, teacher_random_init, teacher_standin, backbone, teacher},
     dataroot, version, step, epoch, checkpoint
 
 Files written before these records (``pretraining {mode, lambda, epochs}`` + ``init_run``) are still
@@ -126,7 +126,7 @@ def _epochs(value) -> float | int:
 
 @dataclass
 class Provenance:
-    """Where the weights and data behind a result came from. The three flags become the report's marks:
+    """Where the weights and data behind a result came from. The four flags become the report's marks:
     such rows must never pass for paper-comparable results."""
 
     synthetic_data: bool = False
@@ -135,6 +135,9 @@ class Provenance:
     """The image backbone started from random weights, not ImageNet (here or in the pretraining run)."""
     teacher_random_init: bool | None = None
     """The pretraining distilled a random-init teacher; None when no teacher was involved."""
+    teacher_standin: bool = False
+    """The pretraining distilled the semantic stand-in teacher (features made from a synthetic world's
+    labels, :mod:`occfeat.data.standin`): an instrument, not DINOv2 (and not random-init either)."""
     backbone: dict = field(default_factory=dict)
     """Where the backbone weights came from (``occfeat.weights`` provenance: source, file, pretrained)."""
     teacher: dict = field(default_factory=dict)
@@ -150,6 +153,7 @@ class Provenance:
         return cls(synthetic_data=bool(d.get("synthetic_data", False)),
                    backbone_random_init=bool(d.get("backbone_random_init", False)),
                    teacher_random_init=None if teacher_random is None else bool(teacher_random),
+                   teacher_standin=bool(d.get("teacher_standin", False)),
                    backbone=dict(d.get("backbone") or {}), teacher=dict(d.get("teacher") or {}))
 
 
