@@ -13,7 +13,7 @@ Output layout (``--out DIR``)::
     dataroot/                  the synthetic nuScenes-format world
     grid.json                  the grid every cache and run uses (the recipes' one grid)
     caches/occupancy.h5        voxelize
-    caches/features.h5         extract (random-init teacher unless weights are given: stamped)
+    caches/features.h5         extract (the semantic stand-in teacher unless another is configured: stamped)
     pretrain/<name>/           one pretraining run per pretrain recipe (named after the recipe file)
     finetune/<task>-<name>-f<fraction>-s<seed>/   finetune runs (metrics.json each)
     finetune/gt-cache/         ground truth, shared by the finetune runs
@@ -53,13 +53,17 @@ class StudyConfig:
     """Split for pretraining and the labelled finetuning pool."""
     val_split: str = "synth_val"
     """Split every finetune run is evaluated on."""
-    teacher: str = "vit_small_patch14_dinov2.lvd142m"
+    teacher: str = "semantic-standin"
+    """The teacher whose features are distilled. Default: the semantic stand-in teacher (patch features
+    from the synthetic world's per-pixel labels, ``occfeat/data/standin.py``; no weights can be downloaded
+    on CPU demo machines), stamped ¶ everywhere. With DINOv2 weights: ``teacher=vit_small_patch14_dinov2.lvd142m
+    teacher_weights=PATH`` (or ``random_teacher=true`` for the random-init control, stamped ‡)."""
     teacher_input: tuple[int, int] = (112, 196)
     """(H, W) of the teacher's input, multiples of 14."""
     teacher_weights: str | None = None
     """DINOv2 weights file; None with random_teacher=False means the HF cache."""
-    random_teacher: bool = True
-    """Random-init teacher (no weights can be downloaded on CPU demo machines); stamped everywhere."""
+    random_teacher: bool = False
+    """Random-init ViT teacher (a control: its features carry no semantics); stamped everywhere."""
     pretrainings: tuple[str, ...] = ("none", "pretrain/synthetic-tiny.yaml")
     """The rows to compare: "none" (no BEV pretraining) and pretrain recipes (relative to recipes/, or
     paths), e.g. pretrain/synthetic-tiny.yaml (OccFeat), pretrain/synthetic-occ.yaml (Table 3's L_occ
@@ -208,7 +212,8 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     else:
         timed("voxelize", lambda: build_occupancy(root, version, cfg.train_split, occ, grid, index=index, progress=progress))
 
-    _stage(console, "3/6 extract: teacher features" + (" (RANDOM-INIT teacher)" if cfg.random_teacher else ""))
+    which = " (RANDOM-INIT teacher)" if cfg.random_teacher else " (semantic stand-in teacher, not DINOv2)" if cfg.teacher == "semantic-standin" else ""
+    _stage(console, "3/6 extract: teacher features" + which)
     feats = out / "caches" / "features.h5" if "features" in sources else None
     if feats is None:
         console.print("no pretraining reads teacher features: skipped")
