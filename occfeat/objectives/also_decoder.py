@@ -59,7 +59,10 @@ class AlsoDecoder(nn.Module):
         w_feat, w_pos = self.fc_in.weight[:, :c], self.fc_in.weight[:, c:]
         per_cell = torch.einsum("hc,bcn->bnh", w_feat, bev.reshape(b, c, x * y))  # (B, X*Y, H)
         bi, mi, ki = mask.nonzero(as_tuple=True)
-        h = per_cell[bi, cells[bi, mi, ki]] + offsets[bi, mi, ki] @ w_pos.T + self.fc_in.bias
+        # index_select, not advanced indexing: its backward (index_add) sums the many pairs that share a cell in
+        # a fixed order, so a run is bit-reproducible and --resume continues it exactly.
+        flat = bi * (x * y) + cells[bi, mi, ki]
+        h = per_cell.reshape(b * x * y, -1).index_select(0, flat) + offsets[bi, mi, ki] @ w_pos.T + self.fc_in.bias
         for layer in self.mlp:
             h = layer(F.relu(h))
         out = self.fc_out(h)
