@@ -34,6 +34,7 @@ from occfeat.objectives.occupancy import OccupancyConfig
 from occfeat.train.data import AugmentConfig, camera_rig
 from occfeat.train.loop import TrainConfig, fit, load_checkpoint
 from occfeat.train.pretrain_data import PretrainCollate, PretrainDataset
+from occfeat.train.records import epochs_value, legacy_objectives
 
 
 def _occfeat() -> dict[str, ObjectiveConfig]:
@@ -67,10 +68,9 @@ def upgrade_config_dict(saved: dict) -> dict:
     d = {k: v for k, v in saved.items() if k != "data"}
     if "loss" in d or "lam" in d or "feature_dim" in d:
         loss, lam, dim = d.pop("loss", "both"), d.pop("lam", 0.01), d.pop("feature_dim", None)
-        d["objectives"] = {
-            "occupancy": {"weight": 1.0} if loss in ("both", "occ") else None,
-            "features": {"weight": lam if loss == "both" else 1.0, "feature_dim": dim} if loss in ("both", "feat") else None,
-        }
+        d["objectives"] = legacy_objectives(loss, lam)  # an objective it lacks is removed: a saved config is whole
+        if "features" in d["objectives"]:
+            d["objectives"]["features"]["feature_dim"] = dim
     if isinstance(d.get("network"), dict):
         d["network"] = upgrade_network_dict(d["network"])
     return d
@@ -269,7 +269,7 @@ class PretrainRun:
         return {
             "label": self.label,
             "objectives": {n: dataclasses.asdict(c) for n, c in self.config.objectives.items()},
-            "epochs": int(self.epochs) if float(self.epochs).is_integer() else round(self.epochs, 2),
+            "epochs": epochs_value(self.epochs),
             "run": str(self.source),
         }
 

@@ -78,7 +78,7 @@ class PretrainingStamp:
         objectives = d.get("objectives") or {}
         if not isinstance(objectives, dict) or not all(isinstance(v, dict) for v in objectives.values()):
             raise ValueError(f"pretraining.objectives must map names to settings, got {objectives!r}")
-        return cls(label=str(d["label"]), objectives=objectives, epochs=None if epochs is None else _epochs(epochs),
+        return cls(label=str(d["label"]), objectives=objectives, epochs=None if epochs is None else epochs_value(epochs),
                    run=None if d.get("run") is None else str(d["run"]))
 
 
@@ -107,18 +107,25 @@ def legacy_pretraining_stamp(old: dict) -> PretrainingStamp:
         return PretrainingStamp()
     if mode not in _LEGACY_MODES:
         raise ValueError(f"unknown pretraining mode {mode!r} (expected none, occ, feat, occfeat or both)")
+    objectives = legacy_objectives(mode, lam)
+    label = {"occfeat": "Occ+Feat", "occ": "Occ", "feat": "Feat"}[_LEGACY_MODES[mode]]
+    run = old.get("run")
+    return PretrainingStamp(label, objectives, None if epochs is None else epochs_value(epochs), None if run is None else str(run))
+
+
+def legacy_objectives(mode: str, lam: float | None) -> dict[str, dict]:
+    """The objectives an old string loss mode meant, with their weights: "both"/"occfeat" → occupancy (1)
+    + features (λ), "occ" → occupancy, "feat" → features (1). The one home of that mapping (configs and
+    stamps of the old schema both read it)."""
     mode = _LEGACY_MODES[mode]
-    objectives = {
+    return {
         "occfeat": {"occupancy": {"weight": 1}, "features": {"weight": 1 if lam is None else float(lam)}},
         "occ": {"occupancy": {"weight": 1}},
         "feat": {"features": {"weight": 1}},
     }[mode]
-    label = {"occfeat": "Occ+Feat", "occ": "Occ", "feat": "Feat"}[mode]
-    run = old.get("run")
-    return PretrainingStamp(label, objectives, None if epochs is None else _epochs(epochs), None if run is None else str(run))
 
 
-def _epochs(value) -> float | int:
+def epochs_value(value) -> float | int:
     """Whole epochs as an int (as they were written), a run stopped mid-epoch to 2 decimals."""
     v = float(value)
     return int(v) if v.is_integer() else round(v, 2)
