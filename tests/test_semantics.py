@@ -116,7 +116,7 @@ def test_labels_agree_with_the_geometry_of_the_tables(nusc, synth_root):
             assert np.all(rays[is_sky, 2] >= 0.0)  # above the horizon: the ray never meets the ground
             sky += is_sky.sum()
             is_road = label == CLASS["road"]
-            assert np.abs(points_ego[is_road, 2]).max() < 1e-3
+            assert np.abs(points_ego[is_road, 2]).max(initial=0.0) < 1e-3  # a truck behind can hide all road
             road += is_road.sum()
             for name in wrong_side:
                 xy = points_global[label == CLASS[name], :2]

@@ -118,6 +118,9 @@ def test_ego_on_drivable_area_and_every_map_layer_around_it(nusc, synth_root):
         masks = nmap.get_map_mask(patch, 0.0, polygon_layers, canvas_size=(200, 200))
         for name, m in zip(polygon_layers, masks):
             seen[name] |= bool(m.any())
+        # car parks sit in some blocks only: within 100 m
+        box = (g_T_e[0, 3] - 100.0, g_T_e[1, 3] - 100.0, g_T_e[0, 3] + 100.0, g_T_e[1, 3] + 100.0)
+        seen["carpark_area"] |= bool(nmap.get_records_in_patch(box, ["carpark_area"])["carpark_area"])
         for name, geoms in nmap.get_map_geom(patch, 0.0, ["road_divider", "lane_divider"]):
             seen[name] |= any(not g.is_empty for g in geoms)
     assert all(seen.values()), seen

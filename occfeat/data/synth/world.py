@@ -1,6 +1,8 @@
 """The procedural world: a Manhattan road network with lanes, sidewalks, crossings and car parks
 (``Layout``), static boxes (buildings, trees, poles), and per scene an ego trajectory plus agents
-(vehicles, pedestrians) moving at constant speed along lanes and sidewalks (``Scene``).
+(vehicles, pedestrians) moving at constant speed along lanes and sidewalks (``Scene``). The ego and
+some of the traffic turn at an intersection (a quarter circle between two lane lines, ``path_state``),
+so yaw varies over a scene; traffic on the road the ego turns into queues at its stop line.
 
 Everything lives in the global frame (x east, y north, z up, ground at z = 0, map canvas
 [0, extent]^2). Roads of axis 0 run along x (centred at y = c), roads of axis 1 run along y.
@@ -56,7 +58,12 @@ VEHICLES: dict[str, tuple[tuple[float, float, float], int, float]] = {
 }
 PEDESTRIAN = ("human.pedestrian.adult", (0.67, 0.73, 1.77))
 VEHICLE_COLORS = np.array(
-    [[0.85, 0.85, 0.85], [0.55, 0.57, 0.6], [0.12, 0.12, 0.14], [0.7, 0.1, 0.1], [0.1, 0.2, 0.55], [0.35, 0.35, 0.38]]
+    [[0.85, 0.85, 0.85], [0.55, 0.57, 0.6], [0.12, 0.12, 0.14], [0.7, 0.1, 0.1], [0.1, 0.2, 0.55], [0.35, 0.35, 0.38],
+     [0.93, 0.93, 0.9], [0.2, 0.35, 0.22], [0.75, 0.6, 0.3], [0.45, 0.05, 0.08], [0.3, 0.45, 0.65], [0.6, 0.62, 0.66]]
+)
+# Facade base colours (concrete, brick, sandstone, glass, white render, dark cladding); a block draws a few.
+FACADE_COLORS = np.array(
+    [[0.62, 0.62, 0.6], [0.58, 0.3, 0.22], [0.78, 0.7, 0.52], [0.35, 0.48, 0.58], [0.86, 0.85, 0.8], [0.3, 0.3, 0.33]]
 )
 BIG_COLORS = {"vehicle.truck": (0.9, 0.9, 0.88), "vehicle.bus.rigid": (0.15, 0.5, 0.3),
               "vehicle.trailer": (0.6, 0.6, 0.62), "vehicle.construction": (0.95, 0.75, 0.1)}
@@ -122,6 +129,7 @@ def make_layout(seed: int, left_hand: bool, spec: WorldSpec = WorldSpec()) -> La
             sides = [(0, y0, 1.0, ky0 is not None), (0, y1, -1.0, ky1 is not None),
                      (1, x0, 1.0, kx0 is not None), (1, x1, -1.0, kx1 is not None)]
             block_parks = []
+            palette = FACADE_COLORS[rng.choice(len(FACADE_COLORS), size=2, replace=False)]
             road_sides = [s for s in sides if s[3]]
             if road_sides and rng.random() < 0.6:
                 axis, near, d, _ = road_sides[rng.integers(len(road_sides))]
@@ -148,16 +156,17 @@ def make_layout(seed: int, left_hand: bool, spec: WorldSpec = WorldSpec()) -> La
                     rect = (pos, pos + length, lo, hi) if axis == 0 else (lo, hi, pos, pos + length)
                     if not any(rect[0] < p[1] + 2 and p[0] - 2 < rect[1] and rect[2] < p[3] + 2 and p[2] - 2 < rect[3]
                                for p in block_parks):
-                        gray = rng.uniform(0.45, 0.8)
-                        tint = rng.uniform(-0.08, 0.08, 3)
+                        base = palette[rng.integers(len(palette))] * rng.uniform(0.8, 1.15)
+                        tint = rng.uniform(-0.05, 0.05, 3)
                         add(_box((rect[0] + rect[1]) / 2, (rect[2] + rect[3]) / 2, 0.0, rect[1] - rect[0],
-                                 rect[3] - rect[2], rng.uniform(6.0, 28.0), 0.0), np.clip(gray + tint, 0, 1), KIND_BUILDING)
+                                 rect[3] - rect[2], rng.uniform(6.0, 28.0), 0.0), np.clip(base + tint, 0, 1), KIND_BUILDING)
                     pos += length + rng.uniform(2.0, 8.0)
 
     # Trees and poles on the sidewalks, away from intersections.
     for axis in (0, 1):
         for k, c in enumerate(centers):
             for side in (-1.0, 1.0):
+                p_tree = rng.uniform(0.35, 0.95)  # leafy and bare streets
                 for what, across, step in (("tree", hw[axis, k] + sw - 0.7, (9.0, 16.0)), ("pole", hw[axis, k] + 0.4, (25.0, 40.0))):
                     u = rng.uniform(0.0, step[1])
                     while u < spec.extent:
@@ -167,7 +176,7 @@ def make_layout(seed: int, left_hand: bool, spec: WorldSpec = WorldSpec()) -> La
                             x, y = (u, v) if axis == 0 else (v, u)
                             if what == "pole":
                                 add(_box(x, y, 0.0, 0.25, 0.25, 7.0, 0.0), np.array([0.5, 0.5, 0.52]), KIND_POLE)
-                            elif rng.random() < 0.8:
+                            elif rng.random() < p_tree:
                                 trunk_h = rng.uniform(2.2, 3.0)
                                 crown = rng.uniform(2.0, 3.0)
                                 add(_box(x, y, 0.0, 0.3, 0.3, trunk_h, 0.0), np.array([0.4, 0.28, 0.15]), KIND_TRUNK)
@@ -189,10 +198,32 @@ def make_layout(seed: int, left_hand: bool, spec: WorldSpec = WorldSpec()) -> La
 # ------------------------------------------------------------------ scenes ----
 
 
+def path_state(start: np.ndarray, yaw0: np.ndarray, s: np.ndarray, turn_at: np.ndarray, radius: np.ndarray,
+               sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pose after arc length ``s`` along a path that goes straight from ``start`` (..., 2) at ``yaw0``
+    for ``turn_at`` metres, turns by ``sign`` · 90° (+1 left, -1 right, 0 never) on a circle of
+    ``radius``, then goes straight again. All arguments broadcast; returns (xy (..., 2), yaw (...))."""
+    s, yaw0, turn_at = np.asarray(s, np.float64), np.asarray(yaw0, np.float64), np.asarray(turn_at, np.float64)
+    radius, sign = np.asarray(radius, np.float64), np.asarray(sign, np.float64)
+    arc = np.where(sign != 0, radius * np.pi / 2, 0.0)
+    s1 = np.minimum(s, turn_at)  # first straight
+    theta = np.where(sign != 0, np.clip(s - turn_at, 0.0, arc) / np.where(radius > 0, radius, 1.0), 0.0)
+    s3 = np.maximum(s - turn_at - arc, 0.0)  # second straight
+    h0 = np.stack([np.cos(yaw0), np.sin(yaw0)], -1)
+    n0 = np.stack([-np.sin(yaw0), np.cos(yaw0)], -1)
+    yaw = yaw0 + sign * theta
+    # on the circle: forward R sin(theta), sideways (towards the turn) R (1 - cos(theta))
+    fwd, side = radius * np.sin(theta), sign * radius * (1.0 - np.cos(theta))
+    h = np.stack([np.cos(yaw), np.sin(yaw)], -1)
+    xy = np.asarray(start, np.float64) + (s1 + fwd)[..., None] * h0 + side[..., None] * n0 + s3[..., None] * h
+    return xy, yaw
+
+
 @dataclass
 class Agents:
     """Annotated objects of one scene, moving at constant speed: at time t (seconds after the first
-    key frame) an agent is at ``start + clip(speed * (t - t_start), 0, travel) * heading``."""
+    key frame) an agent is ``clip(speed * (t - t_start), 0, travel)`` metres along its path from
+    ``start`` at ``yaw`` (straight, or turning at ``turn_at``: :func:`path_state`)."""
 
     category: list[str] = field(default_factory=list)
     wlh: list[tuple[float, float, float]] = field(default_factory=list)
@@ -204,10 +235,15 @@ class Agents:
     travel: list[float] = field(default_factory=list)
     t_start: list[float] = field(default_factory=list)
     in_traffic: list[bool] = field(default_factory=list)  # on a lane (stopped there, not parked, when still)
+    turn_at: list[float] = field(default_factory=list)  # metres of path before the turn (inf: never)
+    turn_radius: list[float] = field(default_factory=list)
+    turn_sign: list[int] = field(default_factory=list)  # +1 left, -1 right, 0 straight
 
-    def add(self, category, wlh, color, kind, start, yaw, speed=0.0, travel=np.inf, t_start=0.0, in_traffic=False):
-        for name, v in zip(("category", "wlh", "color", "kind", "start", "yaw", "speed", "travel", "t_start", "in_traffic"),
-                           (category, wlh, color, kind, start, yaw, speed, travel, t_start, in_traffic)):
+    def add(self, category, wlh, color, kind, start, yaw, speed=0.0, travel=np.inf, t_start=0.0, in_traffic=False,
+            turn=(np.inf, 0.0, 0)):
+        values = (category, wlh, color, kind, start, yaw, speed, travel, t_start, in_traffic, *turn)
+        for name, v in zip(("category", "wlh", "color", "kind", "start", "yaw", "speed", "travel", "t_start", "in_traffic",
+                            "turn_at", "turn_radius", "turn_sign"), values):
             getattr(self, name).append(v)
 
     def __len__(self) -> int:
@@ -215,12 +251,12 @@ class Agents:
 
     def state(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(xy (N, 2), yaw (N,), moving (N,) bool) at time t."""
-        speed, yaw = np.asarray(self.speed, dtype=np.float64), np.asarray(self.yaw, dtype=np.float64)
+        speed = np.asarray(self.speed, dtype=np.float64)
         run = speed * (t - np.asarray(self.t_start, dtype=np.float64))
         travel = np.asarray(self.travel, dtype=np.float64)
-        s = np.clip(run, 0.0, travel)
-        xy = np.asarray(self.start, dtype=np.float64).reshape(-1, 2) + s[:, None] * np.stack([np.cos(yaw), np.sin(yaw)], 1)
-        return xy, yaw, (speed > 0) & (run > 0) & (run < travel)
+        xy, yaw = path_state(np.asarray(self.start, dtype=np.float64).reshape(-1, 2), self.yaw, np.clip(run, 0.0, travel),
+                             self.turn_at, self.turn_radius, self.turn_sign)
+        return xy.reshape(-1, 2), yaw.reshape(-1), (speed > 0) & (run > 0) & (run < travel)
 
     def keep(self, mask: np.ndarray) -> "Agents":
         out = Agents()
@@ -231,7 +267,9 @@ class Agents:
 
 @dataclass
 class Ego:
-    """The ego drives along road (axis, k) in ``direction`` at ``speed``, changing lanes once maybe."""
+    """The ego drives along road (axis, k) in ``direction`` at ``speed`` and either changes lanes once
+    (maybe) or turns onto a cross road: ``turn_at`` metres after its t = 0 pose it follows a quarter
+    circle of ``turn_radius`` to the left (``turn_sign`` +1) or right (-1), then drives on."""
 
     axis: int
     k: int
@@ -242,10 +280,20 @@ class Ego:
     across1: float
     t_change: float
     change_s: float = 4.0
+    turn_at: float = np.inf
+    turn_radius: float = 0.0
+    turn_sign: int = 0
+
+    @property
+    def yaw0(self) -> float:
+        return _road_yaw(self.axis, self.direction)
 
     def state(self, t: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """(xy (..., 2), yaw (...)) of the rear axle at time(s) t."""
         t = np.asarray(t, dtype=np.float64)
+        if self.turn_sign:
+            start = _along_xy(self.axis, self.u0, self.across0)
+            return path_state(np.asarray(start), self.yaw0, self.speed * t, self.turn_at, self.turn_radius, self.turn_sign)
         u = self.u0 + self.direction * self.speed * t
         s = np.clip((t - self.t_change) / self.change_s, 0.0, 1.0)
         across = self.across0 + (self.across1 - self.across0) * (3 * s**2 - 2 * s**3)
@@ -256,6 +304,44 @@ class Ego:
         else:
             xy, yaw = np.stack([across, u], -1), np.arctan2(d_along, d_across)
         return xy, yaw
+
+
+def _along_xy(axis: int, u: float, across: float) -> tuple[float, float]:
+    """Global xy of a point at along-road coordinate u and across-road coordinate ``across``."""
+    return (u, across) if axis == 0 else (across, u)
+
+
+def _road_yaw(axis: int, direction: int) -> float:
+    return (0.0 if direction > 0 else np.pi) if axis == 0 else (np.pi / 2 if direction > 0 else -np.pi / 2)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A turn from lane (axis, k, direction, lane) onto lane (1 - axis, j, exit_direction, exit_lane):
+    the two lane lines meet at ``corner`` along the first road and ``corner_exit`` along the second; the
+    quarter circle starts ``radius`` before the corner and ends ``radius`` after it."""
+
+    sign: int
+    radius: float
+    corner: float
+    corner_exit: float
+
+
+def plan_turn(layout: Layout, axis: int, k: int, direction: int, lane: int, j: int, exit_direction: int, exit_lane: int) -> Turn:
+    """The quarter circle between two perpendicular lane lines that stays on the road: its radius keeps the
+    arc off the kerb corner it turns around (R (1 - 1/sqrt 2) < the lane-to-kerb distances), 4.5-15 m."""
+    cross = 1 - axis
+    hw = layout.half_widths
+    across = layout.lane_across(axis, k, direction, lane)
+    exit_across = layout.lane_across(cross, j, exit_direction, exit_lane)
+    h0 = np.array([np.cos(_road_yaw(axis, direction)), np.sin(_road_yaw(axis, direction))])
+    h1 = np.array([np.cos(_road_yaw(cross, exit_direction)), np.sin(_road_yaw(cross, exit_direction))])
+    sign = int(np.sign(h0[0] * h1[1] - h0[1] * h1[0]))
+    kerb_k = layout.centers[k] + exit_direction * hw[axis, k]  # road k's kerb on the side the turn goes to
+    kerb_j = layout.centers[j] - direction * hw[cross, j]  # road j's kerb on the side the ego comes from
+    clearance = min(abs(kerb_k - across), abs(kerb_j - exit_across))
+    radius = float(np.clip(0.85 * clearance / (1 - 1 / np.sqrt(2)), 4.5, 15.0))
+    return Turn(sign, radius, float(exit_across), float(across))
 
 
 @dataclass
@@ -277,29 +363,34 @@ def make_scene(layout: Layout, seed: int, index: int, duration: float, lead_in: 
     rng = np.random.default_rng([seed, 1, index])
     spec, hw = layout.spec, layout.half_widths
     axis, k = int(rng.integers(2)), int(rng.integers(spec.n_roads))
+    cross_axis = 1 - axis
     direction = int(rng.choice([-1, 1]))
     n_lanes = int(layout.lanes[axis, k])
     speed = rng.uniform(4.0, 9.0)
     travel = speed * (duration + lead_in)
-    lo, hi = spec.margin, spec.extent - spec.margin - travel
-    u_first = rng.uniform(lo, hi)  # along-coordinate at the earliest sweep, smallest end
-    u0 = (u_first + speed * lead_in) if direction > 0 else (u_first + travel - speed * lead_in)
     lane0 = int(rng.integers(n_lanes))
-    lane1 = 1 - lane0 if n_lanes == 2 and rng.random() < 0.5 else lane0
-    ego = Ego(axis, k, direction, speed, u0, layout.lane_across(axis, k, direction, lane0),
-              layout.lane_across(axis, k, direction, lane1), t_change=rng.uniform(0.0, max(duration - 4.0, 0.0)))
+    ego = _turning_ego(layout, rng, axis, k, direction, lane0, speed, duration, lead_in) if rng.random() < 0.65 else None
+    if ego is None:
+        lo, hi = spec.margin, spec.extent - spec.margin - travel
+        u_first = rng.uniform(lo, hi)  # along-coordinate at the earliest sweep, smallest end
+        u0 = (u_first + speed * lead_in) if direction > 0 else (u_first + travel - speed * lead_in)
+        lane1 = 1 - lane0 if n_lanes == 2 and rng.random() < 0.5 else lane0
+        ego = Ego(axis, k, direction, speed, u0, layout.lane_across(axis, k, direction, lane0),
+                  layout.lane_across(axis, k, direction, lane1), t_change=rng.uniform(0.0, max(duration - 4.0, 0.0)))
+        exit_road = None
+    else:
+        u_first = min(ego.u0 - direction * speed * lead_in, ego.u0 + direction * (ego.turn_at + ego.turn_radius))
+        travel = abs(ego.turn_at + ego.turn_radius + speed * lead_in)  # the ego road's stretch it drives on
+        exit_road = _exit_road(layout, ego)
     agents = Agents()
     u_lo, u_hi = u_first - 90.0, u_first + travel + 90.0
-
-    def along_xy(ax, u, across):
-        return (u, across) if ax == 0 else (across, u)
-
-    def road_yaw(ax, d):
-        return (0.0 if d > 0 else np.pi) if ax == 0 else (np.pi / 2 if d > 0 else -np.pi / 2)
+    path_xy, _ = ego.state(np.linspace(-lead_in, duration, 24))
 
     names = list(VEHICLES)
     shares = np.array([VEHICLES[n][2] for n in names])
-    # Moving traffic on every lane of the ego road; one speed per lane so lane-mates never collide.
+    near_side = 1 if layout.left_hand else -1  # the turn that crosses no oncoming lane
+    # Moving traffic on every lane of the ego road; one speed per lane so lane-mates never collide; some in
+    # the kerb lane turn off at the next intersection ahead.
     for d in (-1, 1):
         for lane in range(n_lanes):
             v = speed if d == direction else rng.uniform(4.0, 12.0)
@@ -311,32 +402,52 @@ def make_scene(layout: Layout, seed: int, index: int, duration: float, lead_in: 
                 # Positions are set at t_start, before the first sweep, so run >= 0 at every sensor time.
                 t0 = -(lead_in + 1.0)
                 u_start = u + wlh[1] / 2 + d * v * t0
-                agents.add(name, wlh, color, kind, along_xy(axis, u_start, layout.lane_across(axis, k, d, lane)),
-                           road_yaw(axis, d), speed=v, t_start=t0, in_traffic=True)
+                turn = (np.inf, 0.0, 0)
+                if lane == n_lanes - 1 and rng.random() < 0.3:
+                    ahead = [j for j in range(spec.n_roads) if d * (layout.centers[j] - u_start) > 25.0]
+                    if ahead:
+                        j = min(ahead, key=lambda j: d * (layout.centers[j] - u_start))
+                        yaw1 = _road_yaw(axis, d) + near_side * np.pi / 2
+                        exit_d = int(np.sign(np.cos(yaw1) if cross_axis == 0 else np.sin(yaw1)))
+                        tr = plan_turn(layout, axis, k, d, lane, j, exit_d, int(layout.lanes[cross_axis, j]) - 1)
+                        turn = (d * (tr.corner - u_start) - tr.radius, tr.radius, tr.sign)
+                agents.add(name, wlh, color, kind, _along_xy(axis, u_start, layout.lane_across(axis, k, d, lane)),
+                           _road_yaw(axis, d), speed=v, t_start=t0, in_traffic=True, turn=turn)
                 u += wlh[1] + rng.uniform(5.0, 28.0)
-    cross_axis = 1 - axis
     for j, c in enumerate(layout.centers):
         if not (u_lo < c < u_hi):
             continue
-        # Cross traffic waits at the stop lines (the ego has green); pedestrians use the crossings there.
+        # Cross traffic waits at the stop lines (the ego has green); on the road the ego turns into, more
+        # of it arrives during the scene and queues up behind. Pedestrians use the crossings there.
         for d in (-1, 1):
             for lane in range(int(layout.lanes[cross_axis, j])):
                 stop = layout.centers[k] - d * (hw[axis, k] + spec.crossing_gap + spec.crossing_width + spec.stop_gap + 0.5)
+                across = layout.lane_across(cross_axis, j, d, lane)
                 u = stop
                 for _ in range(int(rng.integers(0, 4))):
                     name = "vehicle.car" if rng.random() < 0.8 else "vehicle.truck"
                     wlh, color, kind = _vehicle(rng, name)
                     u -= d * wlh[1] / 2
-                    agents.add(name, wlh, color, kind, along_xy(cross_axis, u, layout.lane_across(cross_axis, j, d, lane)),
-                               road_yaw(cross_axis, d), in_traffic=True)
+                    agents.add(name, wlh, color, kind, _along_xy(cross_axis, u, across), _road_yaw(cross_axis, d), in_traffic=True)
                     u -= d * (wlh[1] / 2 + rng.uniform(1.5, 4.0))
+                if exit_road == (j, d):
+                    v, back = rng.uniform(5.0, 10.0), rng.uniform(10.0, 40.0)
+                    for _ in range(int(rng.integers(1, 5))):
+                        name = "vehicle.car" if rng.random() < 0.85 else "vehicle.truck"
+                        wlh, color, kind = _vehicle(rng, name)
+                        slot = u - d * wlh[1] / 2  # where it will stand
+                        start = slot - d * back
+                        agents.add(name, wlh, color, kind, _along_xy(cross_axis, start, across), _road_yaw(cross_axis, d),
+                                   speed=v, travel=back, t_start=-(lead_in + 1.0), in_traffic=True)
+                        u = slot - d * (wlh[1] / 2 + rng.uniform(1.5, 4.0))
+                        back += rng.uniform(8.0, 30.0)
         for side in (-1, 1):  # crossings over the cross road, on both sides of the ego road
             band = layout.centers[k] + side * (hw[axis, k] + spec.crossing_gap + spec.crossing_width / 2)
             for _ in range(int(rng.integers(0, 3))):
                 d = int(rng.choice([-1, 1]))  # walking direction along the ego-road axis, across the cross road
                 u_from = c - d * (hw[cross_axis, j] + 1.5)
                 agents.add(PEDESTRIAN[0], PEDESTRIAN[1], rng.uniform(0.1, 0.9, 3).astype(np.float32), KIND_PED,
-                           along_xy(axis, u_from, band + rng.uniform(-1.2, 1.2)), road_yaw(axis, d),
+                           _along_xy(axis, u_from, band + rng.uniform(-1.2, 1.2)), _road_yaw(axis, d),
                            speed=rng.uniform(0.8, 1.6), travel=2 * hw[cross_axis, j] + 3.0,
                            t_start=rng.uniform(-2.0, duration))
     # Sidewalk pedestrians along the ego road: one walking line per side (one speed), and standers.
@@ -347,26 +458,58 @@ def make_scene(layout: Layout, seed: int, index: int, duration: float, lead_in: 
         while u < u_hi:
             walk = rng.uniform(15.0, 40.0)
             agents.add(PEDESTRIAN[0], PEDESTRIAN[1], rng.uniform(0.1, 0.9, 3).astype(np.float32), KIND_PED,
-                       along_xy(axis, u if d > 0 else u + walk, layout.centers[k] + side * (hw[axis, k] + 1.8)),
-                       road_yaw(axis, d),
+                       _along_xy(axis, u if d > 0 else u + walk, layout.centers[k] + side * (hw[axis, k] + 1.8)),
+                       _road_yaw(axis, d),
                        speed=v, travel=walk, t_start=rng.uniform(-3.0, duration))
             u += walk + rng.uniform(3.0, 20.0)  # walkers on one line share speed and direction
         u = u_lo + rng.uniform(0, 20)
         while u < u_hi:
             agents.add(PEDESTRIAN[0], PEDESTRIAN[1], rng.uniform(0.1, 0.9, 3).astype(np.float32), KIND_PED,
-                       along_xy(axis, u, layout.centers[k] + side * (hw[axis, k] + 2.6)), rng.uniform(-np.pi, np.pi))
+                       _along_xy(axis, u, layout.centers[k] + side * (hw[axis, k] + 2.6)), rng.uniform(-np.pi, np.pi))
             u += rng.uniform(12.0, 45.0)
-    _park(layout, rng, agents, axis, u_lo, u_hi, layout.centers[k])
+    _park(layout, rng, agents, path_xy)
     return Scene(ego=ego, agents=_drop_collisions(agents, ego, duration, lead_in), duration=duration)
 
 
-def _park(layout: Layout, rng, agents: Agents, axis: int, u_lo: float, u_hi: float, c_road: float) -> None:
-    """Parked vehicles in the car parks near the ego path: cars in bays, big vehicles along the aisle."""
+def _turning_ego(layout: Layout, rng, axis: int, k: int, direction: int, lane: int, speed: float, duration: float,
+                 lead_in: float) -> Ego | None:
+    """An ego that turns left or right at an intersection part-way through the scene (yaw sweeps 90°), or
+    None when that intersection would take it off the map's roads."""
+    spec = layout.spec
+    cross = 1 - axis
+    j = int(rng.integers(spec.n_roads))
+    exit_d = int(rng.choice([-1, 1]))
+    exit_lane = int(rng.integers(layout.lanes[cross, j]))
+    tr = plan_turn(layout, axis, k, direction, lane, j, exit_d, exit_lane)
+    before = speed * duration * rng.uniform(0.15, 0.55)  # metres from the t = 0 pose to the arc
+    u0 = tr.corner - direction * (tr.radius + before)
+    u_back = u0 - direction * speed * lead_in
+    beyond = max(speed * duration - before - tr.radius * np.pi / 2, 0.0) + tr.radius
+    end_exit = tr.corner_exit + exit_d * beyond
+    lo, hi = spec.margin - 20.0, spec.extent - spec.margin + 20.0
+    if not (lo < u_back < hi and lo < end_exit < hi):
+        return None
+    across = layout.lane_across(axis, k, direction, lane)
+    return Ego(axis, k, direction, speed, u0, across, across, t_change=np.inf, turn_at=before, turn_radius=tr.radius,
+               turn_sign=tr.sign)
+
+
+def _exit_road(layout: Layout, ego: Ego) -> tuple[int, int]:
+    """(cross road index, direction of its lanes that come towards the ego's turn) of a turning ego."""
+    xy, yaw = ego.state(1e3 / ego.speed)  # far along the exit road
+    cross = 1 - ego.axis
+    j = int(np.argmin(np.abs(layout.centers - xy[1 - cross])))
+    heading = np.cos(yaw) if cross == 0 else np.sin(yaw)
+    return j, -int(np.sign(heading))
+
+
+def _park(layout: Layout, rng, agents: Agents, path_xy: np.ndarray) -> None:
+    """Parked vehicles in the car parks near the ego path (within 90 m of it): cars in bays, big
+    vehicles along the aisle."""
     spec = layout.spec
     for x0, x1, y0, y1, pax, near, d in layout.carparks:
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        u, v = (cx, cy) if axis == 0 else (cy, cx)
-        if not (u_lo < u < u_hi and abs(v - c_road) < 60.0):
+        centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+        if np.min(np.linalg.norm(path_xy - centre, axis=1)) > 90.0:
             continue
         pax = int(pax)
         a0, a1 = (x0, x1) if pax == 0 else (y0, y1)
