@@ -69,6 +69,10 @@ class StudyConfig:
     paths), e.g. pretrain/synthetic-tiny.yaml (OccFeat), pretrain/synthetic-occ.yaml (Table 3's L_occ
     only), pretrain/synthetic-img-also.yaml (Img-ALSO). Each recipe's objectives name its report row;
     run dirs are named after the recipe file. All must use one grid (the caches are built once)."""
+    random_teacher_controls: tuple[str, ...] = ()
+    """Pretrain recipes (entries of ``pretrainings``' kind) run once more on the features of a RANDOM-INIT
+    ViT-S/14 teacher (``CONTROL_TEACHER``; run dirs "<name>-random-teacher", rows stamped ‡): the control
+    that tells what the teacher's semantics add from what distilling any features adds."""
     pretrain_overrides: list[str] = field(default_factory=list)
     """key=value overrides applied to every pretrain recipe (e.g. train.epochs=4)."""
     finetune_recipe: str = "finetune/synthetic-tiny.yaml"
@@ -80,6 +84,10 @@ class StudyConfig:
     """The paper's finetuning epochs per label fraction (100 / 50 / 30 at 1 / 10 / 100 %,
     ``occfeat.train.labels.FRACTION_DEFAULTS``) times this factor, the same for every fraction: budgets
     follow the paper, so 100 % trains on more data and for more steps than 1 %. 0: the recipe's epochs."""
+
+
+CONTROL_TEACHER = "vit_small_patch14_dinov2.lvd142m"  # the architecture of the random-teacher control
+CONTROL_SUFFIX = "-random-teacher"
 
 
 def recipe_path(name: str | Path) -> Path:
@@ -148,15 +156,26 @@ def pretraining_name(entry: str) -> str:
 
 def load_pretrainings(cfg: StudyConfig, finetune_grid):
     """{name: resolved PretrainConfig or None}, and the one grid every cache and run uses."""
+    from occfeat.objectives import registry
     from occfeat.train.pretrain import PretrainConfig
 
+    if cfg.random_teacher_controls and cfg.random_teacher:
+        raise OccfeatError("random_teacher_controls repeat pretrainings on a random-init teacher, but the study's teacher "
+                           "is random-init already (random_teacher=true); drop one of them")
     configs = {}
-    for entry in cfg.pretrainings:
-        name = pretraining_name(entry)
+    entries = [(entry, pretraining_name(entry)) for entry in cfg.pretrainings]
+    control_names = {pretraining_name(entry) + CONTROL_SUFFIX for entry in cfg.random_teacher_controls}
+    entries += [(entry, pretraining_name(entry) + CONTROL_SUFFIX) for entry in cfg.random_teacher_controls]
+    for entry, name in entries:
         if name in configs:
             raise OccfeatError(f"the study lists two pretrainings named '{name}'; give the recipes distinct file names")
+        if entry == NONE and name != NONE:
+            raise OccfeatError("random_teacher_controls lists 'none'; name pretrain recipes there")
         configs[name] = None if entry == NONE else load_config(PretrainConfig, recipe_path(entry), cfg.pretrain_overrides)
     for name, pcfg in configs.items():
+        if name in control_names and "features" not in {s for o in pcfg.objectives for s in registry()[o].sources}:
+            raise OccfeatError(f"random_teacher_controls: '{name.removesuffix(CONTROL_SUFFIX)}' distils no teacher features, "
+                               "so a random teacher changes nothing; list recipes with the features objective")
         if pcfg is not None and pcfg.grid != finetune_grid:
             raise OccfeatError(f"pretraining '{name}' uses grid {pcfg.grid.spec()} but the finetune recipe uses {finetune_grid.spec()}; "
                                "a study builds one set of caches: use one grid")  # fmt: skip
@@ -181,6 +200,7 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     ft_recipe = recipe_path(cfg.finetune_recipe)
     grid = resolve_config(ft_recipe, cfg.tasks[0] if cfg.tasks else "vehicle", 1.0, cfg.finetune_overrides).grid
     pretrainings = load_pretrainings(cfg, grid)
+    controls = {pretraining_name(entry) + CONTROL_SUFFIX for entry in cfg.random_teacher_controls}
     sources = {s for p in pretrainings.values() if p is not None for name in p.objectives for s in registry()[name].sources}
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "pipeline.json"
@@ -221,6 +241,13 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
         timed("extract", lambda: extract_features(
             root, version, cfg.train_split, feats, teacher=cfg.teacher, weights=cfg.teacher_weights,
             random_teacher=cfg.random_teacher, input_size=cfg.teacher_input, batch_size=12, index=index, progress=progress))
+    control_feats = None
+    if cfg.random_teacher_controls:
+        control_feats = out / "caches" / "features-random-teacher.h5"
+        console.print(f"the random-teacher control's features (RANDOM-INIT {CONTROL_TEACHER}) → {control_feats}")
+        timed("extract-random-teacher", lambda: extract_features(
+            root, version, cfg.train_split, control_feats, teacher=CONTROL_TEACHER, random_teacher=True,
+            input_size=cfg.teacher_input, batch_size=12, index=index, progress=progress))
 
     _stage(console, "4/6 pretrain: BEV network + the objectives' heads")
     inits: dict[str, Path | None] = {}
@@ -230,7 +257,8 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
             continue
         run = out / "pretrain" / name
         console.print(f"pretraining '{name}' (objectives: {', '.join(f'{n} x{c.weight:g}' for n, c in pcfg.objectives.items())}) → {run}")
-        timed(f"pretrain/{name}", lambda: pretrain(pcfg, root, version, occ, feats, run, split=cfg.train_split,
+        features = control_feats if name in controls else feats
+        timed(f"pretrain/{name}", lambda: pretrain(pcfg, root, version, occ, features, run, split=cfg.train_split,
                                                     resume=_started(run)))
         inits[name] = run
 

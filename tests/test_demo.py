@@ -18,10 +18,18 @@ def test_demo_ci_preset_runs_every_stage_and_reruns_as_a_no_op(tmp_path):
                  "pretrain/synthetic-tiny/checkpoints/last.pt", "report/table.md", "report/iou_vs_fraction.png", "pipeline.json"]:
         assert (out / path).is_file(), path
     runs = sorted(p.name for p in (out / "finetune").iterdir() if (p / "metrics.json").is_file())
-    assert len(runs) == len(cfg.fractions) * len(cfg.pretrainings) * len(cfg.tasks) * len(cfg.seeds)
+    rows = len(cfg.pretrainings) + len(cfg.random_teacher_controls)
+    assert len(runs) == len(cfg.fractions) * rows * len(cfg.tasks) * len(cfg.seeds)
     table = pd.read_csv(out / "report" / "summary.csv", keep_default_na=False)
     assert set(table["pretraining"].str.split().str[0]) == {"None", "Occ+Feat", "Img-ALSO"}
     assert table["mean"].between(0, 1).all() and len(table) == len(runs)
+    # the random-teacher control: its own cache from a random-init ViT, its own row, stamped ‡ and not ¶
+    control = out / "pretrain" / "synthetic-tiny-random-teacher"
+    assert (out / "caches" / "features-random-teacher.h5").is_file() and (control / "checkpoints" / "last.pt").is_file()
+    occfeat = table[table["pretraining"].str.startswith("Occ+Feat")]
+    assert sorted(occfeat["marks"].str.contains("‡")) == [False] * len(cfg.fractions) + [True] * len(cfg.fractions)
+    assert not occfeat[occfeat["marks"].str.contains("‡")]["marks"].str.contains("¶").any()
+    assert occfeat[~occfeat["marks"].str.contains("‡")]["marks"].str.contains("¶").all()
     md = (out / "report" / "table.md").read_text()
     assert "random" in md and "synthetic" in md  # random-init teacher/backbone and synthetic data are stamped
     # every finetune run records what it stands on
