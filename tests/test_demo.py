@@ -65,3 +65,21 @@ def test_finetune_schedule_fits_small_subsets_and_follows_the_papers_epochs():
     steps = {f: _finetune_schedule(400, f, 2, 1, 0.2)["epochs"] * (max(1, round(f * 400)) // min(2, max(1, round(f * 400))))
              for f in (0.01, 0.1, 1.0)}
     assert steps[0.01] < steps[0.1] < steps[1.0]
+
+
+def test_random_teacher_controls_are_refused_where_they_mean_nothing():
+    import pytest
+
+    from occfeat.errors import OccfeatError
+    from occfeat.pipeline import CONTROL_SUFFIX, load_pretrainings, recipe_path
+    from occfeat.train.finetune import resolve_config
+
+    grid = resolve_config(recipe_path("finetune/synthetic-tiny.yaml"), "vehicle", 1.0, []).grid
+    names = load_pretrainings(load_study("studies/ci.yaml"), grid)
+    assert list(names) == ["none", "synthetic-tiny", "synthetic-img-also", "synthetic-tiny" + CONTROL_SUFFIX]
+    with pytest.raises(OccfeatError, match="random-init already"):
+        load_pretrainings(load_study("studies/ci.yaml", ["random_teacher=true"]), grid)
+    with pytest.raises(OccfeatError, match="distils no teacher features"):
+        load_pretrainings(load_study("studies/ci.yaml", ["random_teacher_controls=[pretrain/synthetic-occ.yaml]"]), grid)
+    with pytest.raises(OccfeatError, match="lists 'none'"):
+        load_pretrainings(load_study("studies/ci.yaml", ["random_teacher_controls=[none]"]), grid)

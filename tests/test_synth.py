@@ -239,3 +239,30 @@ def test_dataroot_is_marked_synthetic(synth_root, tmp_path):
 
     assert is_synthetic(synth_root)
     assert not is_synthetic(tmp_path)
+
+
+def test_ego_and_traffic_turn_at_intersections_and_stay_on_the_road():
+    """The richer world: in most scenes the ego's yaw sweeps a quarter turn, and every turning vehicle
+    (ego included) keeps its centre on the road surface (no sidewalk, grass or car park) all the way."""
+    from occfeat.data.synth.render import _ground_args, ground_material
+    from occfeat.data.synth.world import ASPHALT, WHITE_PAINT, YELLOW_PAINT, ZEBRA
+
+    layout = make_layout(1, left_hand=True)
+    road = {ASPHALT, WHITE_PAINT, YELLOW_PAINT, ZEBRA}
+    times = np.arange(-0.45, 7.5 + 1e-9, 0.25)
+    sweeps, turning_agents = [], 0
+    for index in range(12):
+        scene = make_scene(layout, 1, index, 7.5, 0.45)
+        xy, yaw = scene.ego.state(times)
+        sweeps.append(np.ptp(np.unwrap(yaw)))
+        points = list(xy)
+        turners = np.flatnonzero(np.asarray(scene.agents.turn_sign) != 0)
+        turning_agents += len(turners)
+        for t in times:
+            points += list(scene.agents.state(t)[0][turners])
+        off = [p for p in points if ground_material(p[0], p[1], *_ground_args(layout)) not in road]
+        assert not off, (index, off[:3])
+    sweeps = np.degrees(sweeps)
+    assert np.sum(np.abs(sweeps - 90.0) < 1.0) >= 6, sweeps  # quarter turns in at least half the scenes
+    assert np.all((sweeps < 20.0) | (np.abs(sweeps - 90.0) < 1.0)), sweeps  # the others change lanes at most
+    assert turning_agents >= 24
