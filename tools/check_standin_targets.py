@@ -9,6 +9,11 @@ an annotated vehicle box is a vehicle, a voxel of the layer that holds z = 0 out
 cameras' features shuffled (a wrong camera order) the agreement must collapse, which shows the check can
 fail. This is a diagnostic for the study (REPORT.md), not a test: it needs a study's dataroot and caches.
 
+With the study's random-teacher control cache (``caches/features-random-teacher.h5``) present, it also
+asks how much of the same distinction a RANDOM-INIT ViT's features carry: a nearest-centroid probe
+(cosine, two folds over the sampled frames) tells vehicle voxels from ground voxels with each teacher's
+targets. A random teacher is a control without semantics only if that probe is near chance.
+
     python tools/check_standin_targets.py runs/study-synthetic   [--samples 24]
 """
 
@@ -43,7 +48,11 @@ def main() -> None:
     study = json.loads((args.study / "pipeline.json").read_text())["config"]
     root, version, split = args.study / "dataroot", study["synth"]["version"], study["train_split"]
     cfg = load_config(PretrainConfig, recipe_path(args.recipe), [])
-    task = PretrainTask(cfg, root, version, args.study / "caches" / "occupancy.h5", args.study / "caches" / "features.h5", split)
+    occ = args.study / "caches" / "occupancy.h5"
+    task = PretrainTask(cfg, root, version, occ, args.study / "caches" / "features.h5", split)
+    random_cache = args.study / "caches" / "features-random-teacher.h5"
+    random_task = PretrainTask(cfg, root, version, occ, random_cache, split) if random_cache.is_file() else None
+    probe = {"semantic stand-in": ([], []), "random-init ViT-S/14": ([], [])}  # per teacher: (features, is_vehicle) per frame
     spec = task.train_set.sources.features.spec
     if not spec.get("standin"):
         raise SystemExit(f"{args.study}/caches/features.h5 was not made by the semantic stand-in teacher")
@@ -85,6 +94,15 @@ def main() -> None:
         # the ground (z = 0 of the ego frame, which R shares) lies in the layer whose cell holds z = 0
         dz = (cfg.grid.bounds[2][1] - cfg.grid.bounds[2][0]) / cfg.grid.shape[2]
         on_ground = np.abs(centres_R[:, 2]) < dz / 2
+        vehicle_above, ground_only = in_vehicle & ~on_ground, on_ground & ~in_any
+        teachers = [("semantic stand-in", item)] + ([("random-init ViT-S/14", random_task.train_set[int(i)])] if random_task else [])
+        for teacher, it in teachers:
+            b = task.collate([it])
+            _, t, v = voxel_feature_targets(b["occupancy"], b["features"].float(), b["K_orig"], b["cam_T_ego"], b["image_hw_orig"], cfg.grid)
+            t = torch.nn.functional.normalize(t[v], dim=1)
+            keep = vehicle_above | ground_only
+            probe[teacher][0].append(t[torch.from_numpy(keep)])
+            probe[teacher][1].append(torch.from_numpy(vehicle_above[keep]))
         for name, mask, classes in (("vehicle voxels", in_vehicle, vehicle),
                                     ("vehicle voxels above the ground layer", in_vehicle & ~on_ground, vehicle),
                                     ("ground voxels", on_ground & ~in_any, ground)):
@@ -97,6 +115,22 @@ def main() -> None:
         print(f"{name}: {n}; target names the right kind: {100 * right / max(n, 1):.1f} % "
               f"(cameras' features shuffled: {100 * shuffled / max(n, 1):.1f} %); named: "
               + ", ".join(f"{SEMANTIC_CLASSES[k]} {100 * named[name][k] / max(n, 1):.0f} %" for k in np.argsort(-named[name])[:5]))
+
+    for teacher, (feats, labels) in probe.items():
+        if not feats:
+            continue
+        half = len(feats) // 2
+        right = total = 0
+        for train, test in ((slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))):
+            x, y = torch.cat(feats[train]), torch.cat(labels[train])
+            centroids = torch.nn.functional.normalize(torch.stack([x[~y].mean(0), x[y].mean(0)]), dim=1)
+            xt, yt = torch.cat(feats[test]), torch.cat(labels[test])
+            pred = (xt @ centroids.T).argmax(1).bool()
+            # balanced accuracy: vehicles are the rarer class
+            right += 0.5 * ((pred[yt]).float().mean() + (~pred[~yt]).float().mean()).item()
+            total += 1
+        print(f"vehicle vs ground from the {teacher} teacher's targets (nearest centroid, 2 folds): "
+              f"balanced accuracy {100 * right / total:.1f} % (chance 50 %)")
 
 
 if __name__ == "__main__":
