@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--recipe", default="pretrain/synthetic-tiny.yaml")
     args = ap.parse_args()
 
+    if not (args.study / "pipeline.json").is_file():
+        raise SystemExit(f"{args.study} holds no pipeline.json: pass the --out folder of a finished `occfeat study`")
     study = json.loads((args.study / "pipeline.json").read_text())["config"]
     root, version, split = args.study / "dataroot", study["synth"]["version"], study["train_split"]
     cfg = load_config(PretrainConfig, recipe_path(args.recipe), [])

@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("pairs", nargs="+", help="A:B pretraining names, e.g. synthetic-tiny:synthetic-occ")
     args = ap.parse_args()
 
+    if not (args.study / "report/runs.csv").is_file():
+        raise SystemExit(f"{args.study} holds no report/runs.csv: pass the --out folder of a finished `occfeat study`")
     runs = pd.read_csv(args.study / "report" / "runs.csv", keep_default_na=False)
     parsed = runs["run"].map(lambda r: re.fullmatch(r"(vehicle|map)-(.+)-f([0-9.e-]+)-s(\d+)", Path(r).name))
     if parsed.isna().any():
