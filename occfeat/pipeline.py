@@ -14,7 +14,7 @@ Output layout (``--out DIR``)::
     grid.json                  the grid every cache and run uses (the recipes' one grid)
     caches/occupancy.h5        voxelize
     caches/features.h5         extract (the semantic stand-in teacher unless another is configured: stamped)
-    pretrain/<name>/           one pretraining run per pretrain recipe (named after the recipe file)
+    pretrain/<name>[-p<seed>]/  one pretraining run per pretrain recipe (named after the recipe file; -p<seed> per pretrain_seeds)
     finetune/<task>-<name>-f<fraction>-s<seed>/   finetune runs (metrics.json each)
     finetune/gt-cache/         ground truth, shared by the finetune runs
     report/                    table.md, table.csv, plots
@@ -75,6 +75,12 @@ class StudyConfig:
     that tells what the teacher's semantics add from what distilling any features adds."""
     pretrain_overrides: list[str] = field(default_factory=list)
     """key=value overrides applied to every pretrain recipe (e.g. train.epochs=4)."""
+    pretrain_seeds: tuple[int, ...] = ()
+    """Pretraining seeds (``train.seed``: initial weights and data order). Empty: one run per pretraining
+    with its recipe's seed (run dir <name>). Several: each pretraining runs once per seed (run dirs
+    <name>-p<seed>) and the k-th finetune seed starts from pretraining seed ``pretrain_seeds[k mod n]``,
+    so a row's spread over seeds includes the pretraining run's variance, not only the labelled subset's
+    and the finetune's."""
     finetune_recipe: str = "finetune/synthetic-tiny.yaml"
     finetune_overrides: list[str] = field(default_factory=list)
     tasks: tuple[str, ...] = ("vehicle",)
@@ -145,6 +151,18 @@ def _started(run: Path) -> bool:
     return run.is_dir() and any(run.iterdir())
 
 
+def pretrain_run_name(name: str, seed: int | None) -> str:
+    """The pretrain/ run dir of pretraining ``name`` at pretraining seed ``seed`` (None: the recipe's)."""
+    return name if seed is None else f"{name}-p{seed}"
+
+
+def pretrain_seed_for(cfg: StudyConfig, finetune_seed: int) -> int | None:
+    """The pretraining seed the finetune seed starts from: pretrain_seeds paired with seeds in order."""
+    if not cfg.pretrain_seeds:
+        return None
+    return cfg.pretrain_seeds[list(cfg.seeds).index(finetune_seed) % len(cfg.pretrain_seeds)]
+
+
 def run_name(task: str, pretraining: str, fraction: float, seed: int) -> str:
     return f"{task}-{pretraining}-f{fraction:g}-s{seed}"
 
@@ -162,6 +180,11 @@ def load_pretrainings(cfg: StudyConfig, finetune_grid):
     if cfg.random_teacher_controls and cfg.random_teacher:
         raise OccfeatError("random_teacher_controls repeat pretrainings on a random-init teacher, but the study's teacher "
                            "is random-init already (random_teacher=true); drop one of them")
+    if len(set(cfg.pretrain_seeds)) != len(cfg.pretrain_seeds):
+        raise OccfeatError(f"pretrain_seeds {list(cfg.pretrain_seeds)} repeats a seed; list each once")
+    if len(cfg.pretrain_seeds) > len(cfg.seeds):
+        raise OccfeatError(f"pretrain_seeds lists {len(cfg.pretrain_seeds)} seeds but there are {len(cfg.seeds)} finetune seeds, "
+                           "and each finetune seed starts from one pretraining: list at least as many seeds")
     configs = {}
     entries = [(entry, pretraining_name(entry)) for entry in cfg.pretrainings]
     control_names = {pretraining_name(entry) + CONTROL_SUFFIX for entry in cfg.random_teacher_controls}
@@ -250,17 +273,20 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
             input_size=cfg.teacher_input, batch_size=12, index=index, progress=progress))
 
     _stage(console, "4/6 pretrain: BEV network + the objectives' heads")
-    inits: dict[str, Path | None] = {}
+    inits: dict[tuple[str, int | None], Path | None] = {}
     for name, pcfg in pretrainings.items():
-        if pcfg is None:
-            inits[name] = None
-            continue
-        run = out / "pretrain" / name
-        console.print(f"pretraining '{name}' (objectives: {', '.join(f'{n} x{c.weight:g}' for n, c in pcfg.objectives.items())}) → {run}")
-        features = control_feats if name in controls else feats
-        timed(f"pretrain/{name}", lambda: pretrain(pcfg, root, version, occ, features, run, split=cfg.train_split,
-                                                    resume=_started(run)))
-        inits[name] = run
+        for pseed in cfg.pretrain_seeds or (None,):
+            if pcfg is None:
+                inits[name, pseed] = None
+                continue
+            seeded = pcfg if pseed is None else merge(pcfg, {"train": {"seed": pseed}})
+            run = out / "pretrain" / pretrain_run_name(name, pseed)
+            console.print(f"pretraining '{name}' (objectives: {', '.join(f'{n} x{c.weight:g}' for n, c in seeded.objectives.items())}, "
+                          f"seed {seeded.train.seed}) → {run}")
+            features = control_feats if name in controls else feats
+            timed(f"pretrain/{run.name}", lambda: pretrain(seeded, root, version, occ, features, run, split=cfg.train_split,
+                                                           resume=_started(run)))
+            inits[name, pseed] = run
 
     _stage(console, "5/6 finetune: BEV segmentation with few labels")
     n_train = len(index)
@@ -277,9 +303,10 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
                     fcfg = resolve_config(ft_recipe, task, fraction, [*cfg.finetune_overrides, f"train.seed={seed}"])
                     fcfg = merge(fcfg, {"train": _finetune_schedule(
                         n_train, fraction, fcfg.train.batch_size, fcfg.train.grad_accum, cfg.finetune_epoch_scale)})
-                    console.print(f"{run.name}: {fcfg.train.epochs} epochs, init={inits[name] or 'none'}")
+                    init = inits[name, pretrain_seed_for(cfg, seed)]
+                    console.print(f"{run.name}: {fcfg.train.epochs} epochs, init={init or 'none'}")
                     timed(f"finetune/{run.name}", lambda: run_finetune(
-                        fcfg, root, version, run, init=inits[name], split=cfg.train_split, val_split=cfg.val_split,
+                        fcfg, root, version, run, init=init, split=cfg.train_split, val_split=cfg.val_split,
                         resume=_started(run), progress=progress))
 
     _stage(console, "6/6 report")

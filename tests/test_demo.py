@@ -83,3 +83,35 @@ def test_random_teacher_controls_are_refused_where_they_mean_nothing():
         load_pretrainings(load_study("studies/ci.yaml", ["random_teacher_controls=[pretrain/synthetic-occ.yaml]"]), grid)
     with pytest.raises(OccfeatError, match="lists 'none'"):
         load_pretrainings(load_study("studies/ci.yaml", ["random_teacher_controls=[none]"]), grid)
+
+
+def test_pretrain_seeds_run_each_pretraining_per_seed_and_pair_them_with_the_finetune_seeds(tmp_path):
+    import pytest
+    import torch
+
+    from occfeat.errors import OccfeatError
+    from occfeat.pipeline import pretrain_seed_for, run_study
+    from occfeat.train.pretrain import read_pretrain_run
+
+    over = ["pretrainings=[pretrain/synthetic-occ.yaml]", "random_teacher_controls=[]", "fractions=[1.0]",
+            "seeds=[0,1,2]", "pretrain_seeds=[5,7]"]
+    cfg = load_study("studies/ci.yaml", over)
+    assert [pretrain_seed_for(cfg, s) for s in cfg.seeds] == [5, 7, 5]  # paired in order, cycling
+    assert pretrain_seed_for(load_study("studies/ci.yaml"), 0) is None  # none given: the recipe's seed
+    for bad, match in [("pretrain_seeds=[1,1]", "repeats"), ("pretrain_seeds=[0,1,2,3]", "at least as many")]:
+        with pytest.raises(OccfeatError, match=match):
+            run_study(load_study("studies/ci.yaml", [*over, bad]), tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
+
+    out = tmp_path / "study"
+    run_study(load_study("studies/ci.yaml", [*over, "seeds=[0,1]"]), out, progress=False)
+    weights = {}
+    for pseed in (5, 7):
+        run = out / "pretrain" / f"synthetic-occ-p{pseed}"
+        record = read_pretrain_run(run)
+        assert record.config.train.seed == pseed
+        weights[pseed] = next(v for v in record.network_state.values() if v.ndim == 4)  # the first conv
+    assert not torch.equal(weights[5], weights[7])  # other seeds, other initial weights
+    for seed, pseed in [(0, 5), (1, 7)]:
+        m = json.loads((out / "finetune" / f"vehicle-synthetic-occ-f1-s{seed}" / "metrics.json").read_text())
+        assert m["pretraining"]["run"].endswith(f"synthetic-occ-p{pseed}")
