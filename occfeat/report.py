@@ -46,7 +46,7 @@ def load_run(run_dir: str | Path) -> dict:
         "run": str(run_dir),
         "arch": m.arch,
         "backbone": m.backbone,
-        "input": "×".join(str(v) for v in m.input_size),
+        "input": "×".join(str(v) for v in m.input_size) if m.backbone != "none" else "LiDAR",  # no image backbone: the LiDAR teacher
         "pretraining": m.pretraining.row_label(),
         "task": m.task,
         "fraction": m.fraction,

@@ -8,7 +8,7 @@ from torch import nn
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.config import merge
-from occfeat.models import NetworkConfig, SegmentationHead, UnsplatDecoder, build_network, predict_at, registered_networks
+from occfeat.models import NetworkConfig, SegmentationHead, UnsplatDecoder, build_network, predict_at, camera_networks
 from occfeat.models.lift import VoxelLift
 
 # camera axes (x right, y down, z forward) from ego axes (x forward, y left, z up)
@@ -39,7 +39,7 @@ def tiny_cfg(arch: str = "simplebev", **kw) -> NetworkConfig:
 
 
 @pytest.mark.parametrize("backbone", ["efficientnet_b0", "resnet50"])
-@pytest.mark.parametrize("arch", sorted(registered_networks()))
+@pytest.mark.parametrize("arch", sorted(camera_networks()))
 def test_network_forward_shape_and_encoder_gradients(arch, backbone, test_grid):
     net = build_network(tiny_cfg(arch=arch, backbone=backbone), test_grid)
     assert net.provenance.pretrained is False and net.provenance.source == "random-init"
@@ -160,7 +160,7 @@ def test_bad_inputs_are_one_line_errors(test_grid):
         net.forward_bev({**b, "K": b["K"][:, :1]})
 
 
-@pytest.mark.parametrize("arch", sorted(registered_networks()))
+@pytest.mark.parametrize("arch", sorted(camera_networks()))
 def test_bf16_autocast_forward_backward_is_finite(arch):
     small = BevGrid(bounds=((-16.0, 16.0), (-16.0, 16.0), (-3.5, 6.5)), shape=(16, 16, 4))  # bf16 is slow on CPU
     net = build_network(tiny_cfg(arch=arch), small)

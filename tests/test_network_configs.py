@@ -43,7 +43,7 @@ def test_another_archs_knob_and_an_unknown_arch_are_one_line_errors():
     with pytest.raises(OccfeatError, match=r"^override\.network: unknown key 'layers' \(known: arch, backbone, ") as e:
         load_config(PretrainConfig, None, ["network.layers=2"])
     assert "\n" not in str(e.value)
-    with pytest.raises(OccfeatError, match=r"^override\.network\.arch: unknown arch 'lss' \(known: bevformer, simplebev\)$"):
+    with pytest.raises(OccfeatError, match=r"^override\.network\.arch: unknown arch 'lss' \(known: bevformer, lidar, simplebev\)$"):
         load_config(PretrainConfig, None, ["network.arch=lss"])
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from occfeat.models import registered_networks
+from occfeat.models import camera_networks
 from occfeat.objectives import registry
 from tests.fixtures.pretrain import make_task, shrink, tiny
 
@@ -42,7 +42,7 @@ def test_every_pretrain_recipe_takes_two_steps(recipe, test_grid, synth_root, oc
     assert set(terms) >= {"loss", *(f"loss_{n}" for n in task.cfg.objectives)}
 
 
-@pytest.mark.parametrize("arch", sorted(registered_networks()))
+@pytest.mark.parametrize("arch", sorted(camera_networks()))
 def test_every_network_pretrains_two_steps(arch, test_grid, synth_root, occupancy_h5, features_h5):
     task = make_task(None, test_grid, synth_root, occupancy_h5, features_h5, network={"arch": arch})
     assert task.cfg.network.arch == arch

@@ -27,14 +27,14 @@ from tqdm import tqdm
 
 from occfeat import __version__
 from occfeat.data.index import EGO_BOX, LIDAR, POINT_BYTES, SampleIndex, SampleRecord, read_points
-from occfeat.data.occupancy import FORMAT, KIND, crop_to_reference_grids, transform_drop_box, voxelize_points
+from occfeat.data.occupancy import FORMAT, KIND, crop_to_reference_grids, points_in_frame, transform_drop_box, voxelize_points
 from occfeat.data.store import CacheWriter, Payload
 from occfeat.errors import OccfeatError
 from occfeat.geometry import invert_rigid
 from occfeat.grid import BevGrid
 from occfeat.procs import die_with_parent
 
-__all__ = ["VoxelizeConfig", "VoxelizeSummary", "SweepJob", "sample_points_ego", "voxelize_points", "build_occupancy"]
+__all__ = ["VoxelizeConfig", "VoxelizeSummary", "SweepJob", "LidarGrid", "sample_points_ego", "voxelize_points", "build_occupancy"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,20 @@ def sample_points_ego(rec: SampleRecord, sweeps: int = 1) -> np.ndarray:
     (``LidarSweep.ego_T_lidar``); points on the ego body (EGO_BOX, now or at the sweep's time) dropped.
     """
     return job_points(sweep_job(rec, sweeps))
+
+
+class LidarGrid:
+    """The LiDAR network's input (:mod:`occfeat.models.lidar`): one sample's points moved into the
+    reference frame R it drew and voxelized on the grid, (X, Y, Z) bool — what the occupancy cache gives
+    pretraining, read straight from the dataroot so any split works. Picklable (plain
+    :class:`SweepJob` per token) for DataLoader workers."""
+
+    def __init__(self, records: list[SampleRecord], grid: BevGrid, sweeps: int = 1):
+        self.jobs = {rec.token: sweep_job(rec, sweeps) for rec in records}
+        self.grid = grid
+
+    def __call__(self, token: str, ref_T_ego: np.ndarray | None = None) -> np.ndarray:
+        return voxelize_points(points_in_frame(job_points(self.jobs[token]), ref_T_ego), self.grid)
 
 
 # ---- worker side ----

@@ -101,6 +101,12 @@ def registered_networks() -> dict[str, type[BevNetwork]]:
     return dict(_NETWORKS)
 
 
+def camera_networks() -> dict[str, type[BevNetwork]]:
+    """The registered networks that read camera images (every one but the LiDAR teacher's): the
+    students that pretraining and the camera recipes build."""
+    return {arch: net for arch, net in registered_networks().items() if "images" in net.inputs}
+
+
 class BevNetwork(nn.Module):
     """Image encoder + projection + BEV decoder. ``forward_bev(batch) → F_B (B, N_B, X, Y)``.
 
@@ -108,6 +114,9 @@ class BevNetwork(nn.Module):
     it) is registered under that arch: a new network is one file holding its config and its class."""
 
     config_class: ClassVar[type[NetworkConfig]]
+    inputs: ClassVar[tuple[str, ...]] = ("images",)
+    """The batch keys the network reads: ("images",) for camera networks (with "K" and "cam_T_ego"),
+    ("lidar",) for the LiDAR teacher (:mod:`occfeat.models.lidar`); datasets add what it names."""
     provenance: Provenance
     bev_channels: int
     grid: BevGrid

@@ -26,9 +26,10 @@ from torch.utils.data import default_collate
 from occfeat.data.gt import task_classes
 from occfeat.data.gt_cache import segmentation_gt
 from occfeat.data.index import SampleIndex, is_synthetic
+from occfeat.data.voxelize import LidarGrid
 from occfeat.errors import OccfeatError
 from occfeat.losses import MapSegLoss, VehicleSegLoss
-from occfeat.models import InstanceHeads, build_network
+from occfeat.models import InstanceHeads, build_network, registered_networks
 from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
 from occfeat.train.evaluate import evaluate, write_samples
 from occfeat.train.finetune_config import (  # noqa: F401 - re-exported: the finetune API
@@ -73,13 +74,19 @@ class SegmentationDataset(CameraDataset):
     ``offset`` (2, X, Y) float32 (see occfeat.data.gt). ``gt`` is a picklable
     :class:`occfeat.data.gt_cache.SegmentationGt`."""
 
-    def __init__(self, rigs: list[CameraRig], gt, input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0):
+    def __init__(self, rigs: list[CameraRig], gt, input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0,
+                 lidar: LidarGrid | None = None):  # fmt: skip
         super().__init__(rigs, input_hw, augment, seed)
         self.gt = gt
+        self.lidar = lidar
 
     def targets(self, rig: CameraRig, ref_T_ego: np.ndarray | None = None) -> dict:
-        """Targets drawn exactly in frame R = ``ref_T_ego`` (4, 4) applied to the ego frame; None = ego."""
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.gt(rig.token, ref_T_ego).items()}
+        """Targets drawn exactly in frame R = ``ref_T_ego`` (4, 4) applied to the ego frame; None = ego.
+        With ``lidar`` (a LiDAR network's dataset) also ``lidar`` (X, Y, Z) bool, the occupancy in R."""
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.gt(rig.token, ref_T_ego).items()}
+        if self.lidar is not None:
+            out["lidar"] = torch.from_numpy(self.lidar(rig.token, ref_T_ego))
+        return out
 
 
 def segmentation_set(
@@ -87,9 +94,11 @@ def segmentation_set(
 ) -> SegmentationDataset:
     """The dataset of ``tokens`` of ``index``'s split; what the ground truth needs is cached in ``gt_folder``."""
     gt = segmentation_gt(index, cfg.grid, cfg.task, cfg.gt, gt_folder, progress=progress)
-    rigs = [camera_rig(index.record(t)) for t in tokens]
+    records = [index.record(t) for t in tokens]
+    rigs = [camera_rig(rec) for rec in records]
     augment = cfg.augment if train else dataclasses.replace(cfg.augment, enabled=False)
-    return SegmentationDataset(rigs, gt, cfg.input_size, augment, seed=cfg.train.seed)
+    lidar = LidarGrid(records, cfg.grid, cfg.network.sweeps) if "lidar" in registered_networks()[cfg.network.arch].inputs else None
+    return SegmentationDataset(rigs, gt, cfg.input_size, augment, seed=cfg.train.seed, lidar=lidar)
 
 
 class FinetuneTask:
@@ -158,7 +167,8 @@ def finetune_metrics(
     :func:`occfeat.train.evaluate.evaluate`); ``where``: split, dataroot, version, step, epoch, checkpoint."""
     return FinetuneMetrics(
         task=cfg.task, fraction=cfg.fraction, seed=cfg.train.seed, labelled_samples=n_labelled, arch=cfg.network.arch,
-        backbone=cfg.network.backbone, input_size=tuple(cfg.input_size), classes=list(task_classes(cfg.task, cfg.gt)),
+        backbone=cfg.network.backbone if "images" in registered_networks()[cfg.network.arch].inputs else "none",
+        input_size=tuple(cfg.input_size), classes=list(task_classes(cfg.task, cfg.gt)),
         pretraining=pretraining, provenance=provenance, **result, **where,
     )
 

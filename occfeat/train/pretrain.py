@@ -26,7 +26,7 @@ from occfeat.data.index import SampleIndex
 from occfeat.data.occupancy import OccupancyReader
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
-from occfeat.models import NetworkConfig, SimpleBevConfig, UnsplatDecoder, build_network, upgrade_network_dict
+from occfeat.models import NetworkConfig, SimpleBevConfig, UnsplatDecoder, build_network, camera_networks, upgrade_network_dict
 from occfeat.objectives import ObjectiveConfig, Sources, registry
 from occfeat.objectives.base import Context
 from occfeat.objectives.features import FeaturesConfig
@@ -163,6 +163,9 @@ class PretrainTask:
     ):
         if not cfg.objectives:
             raise OccfeatError(f"the recipe lists no objectives; name at least one of {', '.join(registry())}")
+        if cfg.network.arch not in camera_networks():
+            raise OccfeatError(f"network arch '{cfg.network.arch}' reads no camera images; pretraining is for the camera "
+                               f"student ({', '.join(sorted(camera_networks()))}): train a LiDAR teacher with `occfeat finetune`")
         reg = registry()
         needed = {s for name in cfg.objectives for s in reg[name].sources}
         index = SampleIndex(dataroot, version, split)
