@@ -32,22 +32,32 @@ MARKS = (
     ("backbone_random_init", "*", "image backbone started from random weights, not ImageNet"),
     ("teacher_random_init", "‡", "pretrained with a random-init teacher (no DINOv2 weights)"),
     ("teacher_standin", "¶", STANDIN_LEGEND),
+    ("privileged_teacher", "†", "distilled from a teacher trained on labelled frames this row did not see: privileged, not a low-label result"),
 )
 # Marks that must match for a delta: comparing synthetic to real, or random to ImageNet backbones, is meaningless.
 DELTA_MARKS = ("synthetic_data", "backbone_random_init")
 ROW_KEYS = ["arch", "backbone", "input", "pretraining", "marks"]
 
 
+def distillation_label(d: dict) -> str:
+    """The row-label suffix of a run distilled from a LiDAR teacher: the method and how many labelled
+    frames the teacher saw, e.g. " + BEVDistill (LiDAR teacher, 2 labelled)"; "" without."""
+    if not d:
+        return ""
+    return f" + {d.get('label', d.get('method'))} (LiDAR teacher, {d.get('teacher_labelled', '?')} labelled)"
+
+
 def load_run(run_dir: str | Path) -> dict:
     """One flat row for the tables from a run dir's record; one-line error naming the dir otherwise."""
     m = FinetuneMetrics.read(run_dir)
-    flags = {flag: bool(getattr(m.provenance, flag)) for flag, _, _ in MARKS}
+    flags = {flag: bool(getattr(m.provenance, flag, False)) for flag, _, _ in MARKS}
+    flags["privileged_teacher"] = bool(m.distillation.get("privileged"))
     return {
         "run": str(run_dir),
         "arch": m.arch,
         "backbone": m.backbone,
         "input": "×".join(str(v) for v in m.input_size) if m.backbone != "none" else "LiDAR",  # no image backbone: the LiDAR teacher
-        "pretraining": m.pretraining.row_label(),
+        "pretraining": m.pretraining.row_label() + distillation_label(m.distillation),
         "task": m.task,
         "fraction": m.fraction,
         "labelled": m.labelled_samples,

@@ -31,6 +31,7 @@ from occfeat.errors import OccfeatError
 from occfeat.losses import MapSegLoss, VehicleSegLoss
 from occfeat.models import InstanceHeads, build_network, registered_networks
 from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
+from occfeat.train.distill import BoxMaps, Distiller, Teacher, load_teacher
 from occfeat.train.evaluate import evaluate, write_samples
 from occfeat.train.finetune_config import (  # noqa: F401 - re-exported: the finetune API
     FinetuneConfig, config_as_dict, config_from_dict, resolve_config, upgrade_config_dict,
@@ -51,20 +52,27 @@ TASK_LOSSES: dict[str, type[nn.Module]] = {"vehicle": VehicleSegLoss, "map": Map
 
 class FinetuneModel(nn.Module):
     """What trains: the :class:`SegmentationModel`, the task's auxiliary heads (vehicles: Simple-BEV's
-    :class:`InstanceHeads` on the same BEV features; map: none) and the loss module, whose learned
-    weights are parameters too. batch → {"segmentation" (B, C, X, Y) logits, + "center", "offset"}."""
+    :class:`InstanceHeads` on the same BEV features; map: none), the loss module, whose learned
+    weights are parameters too, and with distillation the :class:`Distiller`'s adapters (the frozen
+    teacher is held outside the parameters). batch → {"segmentation" (B, C, X, Y) logits, + "center",
+    "offset", + the distillation terms}."""
 
-    def __init__(self, segmentation: SegmentationModel, task: str):
+    def __init__(self, segmentation: SegmentationModel, task: str, distiller: Distiller | None = None):
         super().__init__()
         self.segmentation = segmentation
         self.aux = InstanceHeads(segmentation.network.bev_channels) if task == "vehicle" else None
         self.objective = TASK_LOSSES[task]()
+        self.distiller = distiller
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """With a distiller, also its terms (``loss_distill``, ``loss_nce``): computed inside forward so
+        that DDP sees the adapters used."""
         bev = self.segmentation.network.forward_bev(batch)
         out = {"segmentation": self.segmentation.head(bev)}
         if self.aux is not None:
             out.update(self.aux(bev))
+        if self.distiller is not None:
+            out.update(self.distiller(bev, batch)[1])
         return out
 
 
@@ -75,30 +83,42 @@ class SegmentationDataset(CameraDataset):
     :class:`occfeat.data.gt_cache.SegmentationGt`."""
 
     def __init__(self, rigs: list[CameraRig], gt, input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0,
-                 lidar: LidarGrid | None = None):  # fmt: skip
+                 lidar: LidarGrid | None = None, box_maps: BoxMaps | None = None):  # fmt: skip
         super().__init__(rigs, input_hw, augment, seed)
         self.gt = gt
         self.lidar = lidar
+        self.box_maps = box_maps
 
     def targets(self, rig: CameraRig, ref_T_ego: np.ndarray | None = None) -> dict:
         """Targets drawn exactly in frame R = ``ref_T_ego`` (4, 4) applied to the ego frame; None = ego.
-        With ``lidar`` (a LiDAR network's dataset) also ``lidar`` (X, Y, Z) bool, the occupancy in R."""
+        With ``lidar`` (a LiDAR network's or a LiDAR teacher's input) also ``lidar`` (X, Y, Z) bool, the
+        occupancy in R; with ``box_maps`` (vehicle distillation) ``distill_fg`` and ``box_area`` (X, Y)."""
         out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.gt(rig.token, ref_T_ego).items()}
         if self.lidar is not None:
             out["lidar"] = torch.from_numpy(self.lidar(rig.token, ref_T_ego))
+        if self.box_maps is not None:
+            out.update({k: torch.from_numpy(v) for k, v in self.box_maps(rig.token, ref_T_ego).items()})
         return out
 
 
 def segmentation_set(
-    index: SampleIndex, tokens: list[str], cfg: FinetuneConfig, gt_folder: Path, train: bool, progress: bool = True
+    index: SampleIndex, tokens: list[str], cfg: FinetuneConfig, gt_folder: Path, train: bool, progress: bool = True,
+    teacher: Teacher | None = None,
 ) -> SegmentationDataset:
-    """The dataset of ``tokens`` of ``index``'s split; what the ground truth needs is cached in ``gt_folder``."""
+    """The dataset of ``tokens`` of ``index``'s split; what the ground truth needs is cached in ``gt_folder``.
+    With ``teacher`` (distillation, training set) also the teacher's LiDAR input and the box maps."""
     gt = segmentation_gt(index, cfg.grid, cfg.task, cfg.gt, gt_folder, progress=progress)
     records = [index.record(t) for t in tokens]
     rigs = [camera_rig(rec) for rec in records]
     augment = cfg.augment if train else dataclasses.replace(cfg.augment, enabled=False)
-    lidar = LidarGrid(records, cfg.grid, cfg.network.sweeps) if "lidar" in registered_networks()[cfg.network.arch].inputs else None
-    return SegmentationDataset(rigs, gt, cfg.input_size, augment, seed=cfg.train.seed, lidar=lidar)
+    lidar, box_maps = None, None
+    if "lidar" in registered_networks()[cfg.network.arch].inputs:
+        lidar = LidarGrid(records, cfg.grid, cfg.network.sweeps)
+    elif teacher is not None:
+        lidar = LidarGrid(records, cfg.grid, teacher.sweeps)
+    if teacher is not None and cfg.task == "vehicle":
+        box_maps = BoxMaps(gt.source, cfg.distill.sigma)
+    return SegmentationDataset(rigs, gt, cfg.input_size, augment, seed=cfg.train.seed, lidar=lidar, box_maps=box_maps)
 
 
 class FinetuneTask:
@@ -106,24 +126,33 @@ class FinetuneTask:
     ``model``; the checkpoint holds the segmentation model under "model" (all evaluation reads) and the
     training-only heads and loss weights under "aux" and "objective"."""
 
-    def __init__(self, cfg: FinetuneConfig, model: SegmentationModel, train_set: SegmentationDataset, stamp: dict):
+    def __init__(self, cfg: FinetuneConfig, model: SegmentationModel, train_set: SegmentationDataset, stamp: dict,
+                 teacher: Teacher | None = None):  # fmt: skip
         """``stamp``: what the run stands on, kept in every checkpoint: {"init": the
         :class:`PretrainingStamp` as a dict, "provenance": the :class:`Provenance` as a dict, "data":
-        dataroot, version, splits and ground-truth cache}."""
+        dataroot, version, splits and ground-truth cache}. ``teacher``: the LiDAR teacher of ``cfg.distill``."""
         self.cfg, self.segmentation, self.train_set, self.stamp = cfg, model, train_set, stamp
         torch.manual_seed(cfg.train.seed + 1)  # the auxiliary heads: same recipe and seed, same weights
-        self.model = FinetuneModel(model, cfg.task)
+        aux_distiller = Distiller(cfg.distill, model.network, teacher, cfg.task) if teacher is not None else None
+        self.model = FinetuneModel(model, cfg.task, aux_distiller)
 
     def collate(self, items: list[dict]) -> dict:
         return default_collate(items)
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.model.objective(model(batch), batch)
+        out = model(batch)
+        total, terms = self.model.objective(out, batch)
+        extra = {k: v for k, v in out.items() if k.startswith("loss_")}  # the distillation terms
+        if extra:
+            total = total + sum(extra.values())
+            terms = {**terms, **{k: v.detach() for k, v in extra.items()}, "loss": total.detach()}
+        return total, terms
 
     def checkpoint_payload(self) -> dict:
         m = self.model
+        distill = {"distill": m.distiller.state_dict()} if m.distiller is not None else {}
         return {"model": m.segmentation.state_dict(), "aux": m.aux.state_dict() if m.aux is not None else {},
-                "objective": m.objective.state_dict(), **self.stamp}
+                "objective": m.objective.state_dict(), **distill, **self.stamp}
 
     def load_checkpoint_payload(self, payload: dict) -> None:
         if "objective" not in payload:
@@ -132,6 +161,8 @@ class FinetuneTask:
         if self.model.aux is not None:
             self.model.aux.load_state_dict(payload["aux"])
         self.model.objective.load_state_dict(payload["objective"])
+        if self.model.distiller is not None:
+            self.model.distiller.load_state_dict(payload["distill"])
 
     def config_dict(self) -> dict:
         # What was loaded and from where is part of the run's identity: --resume refuses a change.
@@ -209,9 +240,11 @@ def run_finetune(
     provenance = dataclasses.replace(provenance, synthetic_data=is_synthetic(dataroot))
     data = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split, "val_split": val_split, "gt_cache": str(gt_folder)}
     stamp = {"init": pretraining.to_dict(), "provenance": provenance.to_dict(), "data": data}
-    train_set = segmentation_set(train_index, labelled, cfg, gt_folder, train=True, progress=progress)
+    teacher = load_teacher(cfg.distill.teacher, cfg.grid, cfg.task) if cfg.distill.enabled else None
+    distillation = teacher.stamp(labelled, cfg.distill.method) if teacher is not None else {}
+    train_set = segmentation_set(train_index, labelled, cfg, gt_folder, train=True, progress=progress, teacher=teacher)
     val_set = segmentation_set(val_index, val_index.tokens, cfg, gt_folder, train=False, progress=progress)
-    task = FinetuneTask(cfg, model, train_set, stamp)
+    task = FinetuneTask(cfg, model, train_set, {**stamp, "distillation": distillation}, teacher)
 
     # Evaluate every k epochs by running the loop in chunks (train.max_steps may change on resume).
     steps_per_epoch = max(1, len(train_set) // cfg.train.batch_size // cfg.train.grad_accum)
@@ -240,7 +273,8 @@ def run_finetune(
         return None
     result, samples = evaluate(model, val_set, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
     metrics = finetune_metrics(cfg, pretraining, provenance, len(labelled), result, split=val_split, dataroot=data["dataroot"],
-                               version=version, step=summary["step"], epoch=summary["epoch"], checkpoint=str(summary["checkpoint"]))
+                               version=version, step=summary["step"], epoch=summary["epoch"], checkpoint=str(summary["checkpoint"]),
+                               distillation=distillation)
     metrics.write(out)
     write_samples(out, samples)
     return metrics
@@ -273,7 +307,8 @@ def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | 
     provenance = dataclasses.replace(Provenance.from_dict(payload.get("provenance")), synthetic_data=is_synthetic(root))
     result, samples = evaluate(model, dataset, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
     metrics = finetune_metrics(cfg, pretraining, provenance, len(labelled), result, split=split, dataroot=str(root.resolve()),
-                               version=data["version"], step=ckpt["step"], epoch=ckpt["epoch"], checkpoint=str(run_dir / "checkpoints" / "last.pt"))
+                               version=data["version"], step=ckpt["step"], epoch=ckpt["epoch"], checkpoint=str(run_dir / "checkpoints" / "last.pt"),
+                               distillation=payload.get("distillation", {}))
     if split == data["val_split"]:
         metrics.write(run_dir)
         write_samples(run_dir, samples)

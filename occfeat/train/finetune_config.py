@@ -13,6 +13,7 @@ from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.models import NetworkConfig, SimpleBevConfig, upgrade_network_dict
 from occfeat.train.data import AugmentConfig
+from occfeat.train.distill import DistillConfig
 from occfeat.train.labels import FINETUNE_OPTIM, FRACTION_DEFAULTS, check_fraction, fraction_defaults
 from occfeat.train.loop import TrainConfig
 
@@ -34,6 +35,8 @@ class FinetuneConfig:
     """Simple-BEV's augmentations on the training samples (never on evaluation): resize + crop, image / BEV
     flips and the random reference camera, whose ground truth is drawn exactly in the drawn frame R."""
     gt: GtConfig = field(default_factory=GtConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Cross-modal distillation from a LiDAR teacher while finetuning (BEVDistill / DistillBEV); off by default."""
     eval_every: int = 0
     """Also evaluate on the val split every this many epochs (0: only after training)."""
     eval_batch_size: int = 4
@@ -58,6 +61,7 @@ def resolve_config(
         cfg = merge(cfg, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)), where="override")
     check_task(cfg.task)
     check_fraction(cfg.fraction)
+    cfg.distill.check()
     return cfg
 
 

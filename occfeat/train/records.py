@@ -12,7 +12,8 @@
     mean_iou, iou {class: IoU}, intersection / union {class: cells}, threshold, classes, split,
     pretraining {label, objectives {name: {weight, ...}}, epochs, run},
     provenance {synthetic_data, backbone_random_init, teacher_random_init, teacher_standin, backbone, teacher},
-    dataroot, version, step, epoch, checkpoint
+    dataroot, version, step, epoch, checkpoint,
+    distillation {method, label, teacher_run, teacher_fraction, teacher_seed, teacher_labelled, privileged}
 
 Files written before these records (``pretraining {mode, lambda, epochs}`` + ``init_run``) are still
 read, through :func:`legacy_pretraining_stamp`.
@@ -201,6 +202,10 @@ class FinetuneMetrics:
     epoch: float = 0.0
     checkpoint: str = ""
     """The evaluated checkpoint file."""
+    distillation: dict = field(default_factory=dict)
+    """Cross-modal distillation while finetuning ({} without): method, label, teacher_run, teacher_fraction,
+    teacher_seed, teacher_labelled (frames the teacher was trained on), privileged (it saw labelled
+    frames this run did not)."""
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -223,6 +228,7 @@ class FinetuneMetrics:
         m.input_size = tuple(int(v) for v in m.input_size)
         m.mean_iou, m.iou = float(m.mean_iou), {str(k): float(v) for k, v in m.iou.items()}
         m.step, m.epoch, m.threshold = int(m.step), float(m.epoch), float(m.threshold)
+        m.distillation = dict(m.distillation or {})
         if m.task not in TASKS:
             raise ValueError(f"unknown task '{m.task}' (expected {', '.join(TASKS)})")
         if len(m.input_size) != 2 or not 0 < m.fraction <= 1 or not (0 <= m.mean_iou <= 1 or math.isnan(m.mean_iou)):
