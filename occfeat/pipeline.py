@@ -15,7 +15,8 @@ Output layout (``--out DIR``)::
     caches/occupancy.h5        voxelize
     caches/features.h5         extract (the semantic stand-in teacher unless another is configured: stamped)
     pretrain/<name>[-p<seed>]/  one pretraining run per pretrain recipe (named after the recipe file; -p<seed> per pretrain_seeds)
-    finetune/<task>-<name>-f<fraction>-s<seed>/   finetune runs (metrics.json each)
+    finetune/<task>-<name>-f<fraction>-s<seed>/   finetune runs (metrics.json each; <name>+<method> distilled,
+                               lidar-teacher the LiDAR teachers of distillations)
     finetune/gt-cache/         ground truth, shared by the finetune runs
     report/                    table.md, table.csv, plots
     pipeline.json              the resolved study config and the seconds each stage took
@@ -83,6 +84,16 @@ class StudyConfig:
     and the finetune's."""
     finetune_recipe: str = "finetune/synthetic-tiny.yaml"
     finetune_overrides: list[str] = field(default_factory=list)
+    distillations: tuple[str, ...] = ()
+    """Cross-modal distillation rows ("bevdistill", "distillbev"; ``occfeat.train.distill``): for every
+    (task, fraction, seed) a LiDAR teacher is finetuned on exactly that labelled subset
+    (``teacher_recipe``; run dirs <task>-lidar-teacher-f<fraction>-s<seed>, a row of their own), then every
+    pretraining is finetuned once more per method, distilling from that teacher (run dirs
+    <task>-<pretraining>+<method>-f<fraction>-s<seed>)."""
+    teacher_recipe: str = "finetune/synthetic-lidar.yaml"
+    """The LiDAR teacher's finetune recipe (its grid must be the finetune recipe's)."""
+    distill_overrides: list[str] = field(default_factory=list)
+    """key=value overrides of the distilled runs (e.g. distill.weight=0.1, distill.sigma=2)."""
     tasks: tuple[str, ...] = ("vehicle",)
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: tuple[int, ...] = (0,)
@@ -93,6 +104,7 @@ class StudyConfig:
 
 
 CONTROL_TEACHER = "vit_small_patch14_dinov2.lvd142m"  # the architecture of the random-teacher control
+LIDAR_TEACHER = "lidar-teacher"  # the run-dir name of the distillation rows' LiDAR teachers
 CONTROL_SUFFIX = "-random-teacher"
 
 
@@ -223,6 +235,17 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     ft_recipe = recipe_path(cfg.finetune_recipe)
     grid = resolve_config(ft_recipe, cfg.tasks[0] if cfg.tasks else "vehicle", 1.0, cfg.finetune_overrides).grid
     pretrainings = load_pretrainings(cfg, grid)
+    teacher_recipe = recipe_path(cfg.teacher_recipe) if cfg.distillations else None
+    if teacher_recipe is not None:
+        from occfeat.train.distill import METHODS
+
+        bad = [m for m in cfg.distillations if m not in METHODS or m == "none"]
+        if bad:
+            raise OccfeatError(f"distillations {bad}: each must be one of {', '.join(m for m in METHODS if m != 'none')}")
+        tgrid = resolve_config(teacher_recipe, cfg.tasks[0] if cfg.tasks else "vehicle", 1.0, cfg.finetune_overrides).grid
+        if tgrid != grid:
+            raise OccfeatError(f"teacher_recipe {cfg.teacher_recipe} uses grid {tgrid.spec()}, the finetune recipe {grid.spec()}; "
+                               "teacher and student must share the grid")
     controls = {pretraining_name(entry) + CONTROL_SUFFIX for entry in cfg.random_teacher_controls}
     sources = {s for p in pretrainings.values() if p is not None for name in p.objectives for s in registry()[name].sources}
     out.mkdir(parents=True, exist_ok=True)
@@ -291,23 +314,33 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     _stage(console, "5/6 finetune: BEV segmentation with few labels")
     n_train = len(index)
     runs = []
+
+    def finetune(run: Path, recipe: Path, task: str, fraction: float, seed: int, init, overrides: list[str]) -> None:
+        runs.append(run)
+        if (run / "metrics.json").is_file():
+            console.print(f"{run.name}: finished, skipped")
+            return
+        fcfg = resolve_config(recipe, task, fraction, [*cfg.finetune_overrides, f"train.seed={seed}", *overrides])
+        fcfg = merge(fcfg, {"train": _finetune_schedule(
+            n_train, fraction, fcfg.train.batch_size, fcfg.train.grad_accum, cfg.finetune_epoch_scale)})
+        console.print(f"{run.name}: {fcfg.train.epochs} epochs, init={init or 'none'}")
+        timed(f"finetune/{run.name}", lambda: run_finetune(
+            fcfg, root, version, run, init=init, split=cfg.train_split, val_split=cfg.val_split,
+            resume=_started(run), progress=progress))
+
     for task in cfg.tasks:
         for fraction in cfg.fractions:
             for seed in cfg.seeds:
+                teacher = None
+                if cfg.distillations:  # the LiDAR teacher of this labelled subset first
+                    teacher = out / "finetune" / run_name(task, LIDAR_TEACHER, fraction, seed)
+                    finetune(teacher, teacher_recipe, task, fraction, seed, None, [])
                 for name in pretrainings:
-                    run = out / "finetune" / run_name(task, name, fraction, seed)
-                    runs.append(run)
-                    if (run / "metrics.json").is_file():
-                        console.print(f"{run.name}: finished, skipped")
-                        continue
-                    fcfg = resolve_config(ft_recipe, task, fraction, [*cfg.finetune_overrides, f"train.seed={seed}"])
-                    fcfg = merge(fcfg, {"train": _finetune_schedule(
-                        n_train, fraction, fcfg.train.batch_size, fcfg.train.grad_accum, cfg.finetune_epoch_scale)})
                     init = inits[name, pretrain_seed_for(cfg, seed)]
-                    console.print(f"{run.name}: {fcfg.train.epochs} epochs, init={init or 'none'}")
-                    timed(f"finetune/{run.name}", lambda: run_finetune(
-                        fcfg, root, version, run, init=init, split=cfg.train_split, val_split=cfg.val_split,
-                        resume=_started(run), progress=progress))
+                    finetune(out / "finetune" / run_name(task, name, fraction, seed), ft_recipe, task, fraction, seed, init, [])
+                    for method in cfg.distillations:
+                        finetune(out / "finetune" / run_name(task, f"{name}+{method}", fraction, seed), ft_recipe, task, fraction,
+                                 seed, init, [f"distill.method={method}", f"distill.teacher={teacher.resolve()}", *cfg.distill_overrides])
 
     _stage(console, "6/6 report")
     report = timed("report", lambda: write_report(runs, out / "report"))

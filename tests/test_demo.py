@@ -115,3 +115,24 @@ def test_pretrain_seeds_run_each_pretraining_per_seed_and_pair_them_with_the_fin
     for seed, pseed in [(0, 5), (1, 7)]:
         m = json.loads((out / "finetune" / f"vehicle-synthetic-occ-f1-s{seed}" / "metrics.json").read_text())
         assert m["pretraining"]["run"].endswith(f"synthetic-occ-p{pseed}")
+
+
+def test_distillation_rows_train_a_lidar_teacher_per_labelled_subset_then_distil_from_it(tmp_path):
+    import pytest
+
+    from occfeat.errors import OccfeatError
+    from occfeat.pipeline import run_study
+    from occfeat.train.records import FinetuneMetrics
+
+    over = ["pretrainings=[none]", "random_teacher_controls=[]", "fractions=[1.0]", "distillations=[bevdistill]"]
+    with pytest.raises(OccfeatError, match="each must be one of"):
+        run_study(load_study("studies/ci.yaml", [*over[:-1], "distillations=[fitnet]"]), tmp_path / "refused", progress=False)
+    out = tmp_path / "study"
+    report = run_study(load_study("studies/ci.yaml", over), out, progress=False)
+    teacher = out / "finetune" / "vehicle-lidar-teacher-f1-s0"
+    distilled = FinetuneMetrics.read(out / "finetune" / "vehicle-none+bevdistill-f1-s0")
+    assert distilled.distillation["teacher_run"] == str(teacher.resolve()) and not distilled.distillation["privileged"]
+    assert (teacher / "labelled_tokens.txt").read_text() == (out / "finetune" / "vehicle-none-f1-s0" / "labelled_tokens.txt").read_text()
+    assert sorted(report["summary"]["input"]) == ["112×200", "112×200", "LiDAR"]
+    n = distilled.labelled_samples
+    assert set(report["summary"]["pretraining"]) == {"None", f"None + BEVDistill (LiDAR teacher, {n} labelled)"}

@@ -1,5 +1,5 @@
 """A LiDAR BEV network on the camera student's grid: the teacher of cross-modal distillation (BEVDistill,
-DistillBEV; see docs/seed-systems.md).
+DistillBEV; see docs/distillation.md).
 
 Input: the key frame's LiDAR occupancy on the grid in the sample's reference frame R, ``batch["lidar"]``
 (B, X, Y, Z) bool — the points ``occfeat voxelize`` reads (key-frame sweep plus ``sweeps - 1`` earlier
