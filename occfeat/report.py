@@ -39,12 +39,16 @@ DELTA_MARKS = ("synthetic_data", "backbone_random_init")
 ROW_KEYS = ["arch", "backbone", "input", "pretraining", "marks"]
 
 
-def distillation_label(d: dict) -> str:
-    """The row-label suffix of a run distilled from a LiDAR teacher: the method and how many labelled
-    frames the teacher saw, e.g. " + BEVDistill (LiDAR teacher, 2 labelled)"; "" without."""
+def distillation_label(d: dict, labelled: int) -> str:
+    """The row-label suffix of a run distilled from a LiDAR teacher (``d`` = metrics.json's
+    ``distillation``, ``labelled`` = the run's labelled frames): the method and what the teacher was
+    trained on — " + BEVDistill (LiDAR teacher, same labels)" when it saw exactly the run's labelled
+    frames, else its fraction, e.g. " + DistillBEV (LiDAR teacher, 100 % labels)"; "" without."""
     if not d:
         return ""
-    return f" + {d.get('label', d.get('method'))} (LiDAR teacher, {d.get('teacher_labelled', '?')} labelled)"
+    same = not d.get("privileged") and d.get("teacher_labelled") == labelled
+    seen = "same labels" if same else f"{100 * float(d.get('teacher_fraction', float('nan'))):g} % labels"
+    return f" + {d.get('label', d.get('method'))} (LiDAR teacher, {seen})"
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -57,7 +61,7 @@ def load_run(run_dir: str | Path) -> dict:
         "arch": m.arch,
         "backbone": m.backbone,
         "input": "×".join(str(v) for v in m.input_size) if m.backbone != "none" else "LiDAR",  # no image backbone: the LiDAR teacher
-        "pretraining": m.pretraining.row_label() + distillation_label(m.distillation),
+        "pretraining": m.pretraining.row_label() + distillation_label(m.distillation, m.labelled_samples),
         "task": m.task,
         "fraction": m.fraction,
         "labelled": m.labelled_samples,

@@ -101,10 +101,11 @@ def test_both_methods_finetune_through_the_cli_and_the_report_says_what_the_teac
     assert (runs["bevdistill"] / "labelled_tokens.txt").read_text().split() == teacher_tokens  # same (fraction, seed)
     assert same.distillation["teacher_labelled"] == len(teacher_tokens) == 3 and not same.distillation["privileged"]
     assert fewer.labelled_samples == 2 and fewer.distillation["privileged"]  # the teacher saw a frame the student did not
+    assert same.distillation["weight"] == 0.01 and fewer.distillation["weight"] == 1.0  # each method's default
     summary = write_report(list(runs.values()), tmp_path / "report", plots=False)["summary"]
     labels = dict(zip(summary["pretraining"], summary["marks"]))
-    assert labels == {"None + BEVDistill (LiDAR teacher, 3 labelled)": "§*",
-                      "None + DistillBEV (LiDAR teacher, 3 labelled)": "§*†"}
+    assert labels == {"None + BEVDistill (LiDAR teacher, same labels)": "§*",
+                      "None + DistillBEV (LiDAR teacher, 50 % labels)": "§*†"}
     # a resumed run keeps its teacher: another teacher is refused
     res = finetune(synth_root, runs["bevdistill"], CAMERA, 0.5, "--resume", "distill.method=bevdistill",
                    f"distill.teacher={runs['distillbev']}", "distill.nce_weight=0.2")
@@ -128,3 +129,15 @@ def test_bad_teachers_are_one_line_errors(synth_root, lidar_teacher, tmp_path, t
     assert finetune(synth_root, camera, CAMERA, 0.5).exit_code == 0
     res = finetune(synth_root, tmp_path / "student", CAMERA, 0.5, "distill.method=bevdistill", f"distill.teacher={camera}")
     assert res.exit_code == 2 and "camera network" in res.output and "\n" not in res.output.strip()
+
+
+def test_the_stamp_names_a_weight_other_than_the_methods_default(lidar_teacher, test_grid):
+    from occfeat.report import distillation_label
+    from occfeat.train.distill import DistillConfig, load_teacher
+
+    teacher = load_teacher(lidar_teacher, test_grid, "vehicle")
+    tokens = (lidar_teacher / "labelled_tokens.txt").read_text().split()
+    default = teacher.stamp(tokens, DistillConfig(method="distillbev", teacher=str(lidar_teacher)))
+    scaled = teacher.stamp(tokens[:1], DistillConfig(method="distillbev", teacher=str(lidar_teacher), weight=0.1))
+    assert distillation_label(default, 3) == " + DistillBEV (LiDAR teacher, same labels)" and not default["privileged"]
+    assert distillation_label(scaled, 1) == " + DistillBEV ×0.1 (LiDAR teacher, 50 % labels)" and scaled["privileged"]

@@ -84,6 +84,7 @@ def test_lidar_teacher_finetunes_on_exactly_the_camera_runs_labelled_tokens(synt
     assert tokens["lidar"] == tokens["camera"] and len(tokens["lidar"]) == 3
     m = FinetuneMetrics.read(runs["lidar"])
     assert m.arch == "lidar" and m.backbone == "none" and m.labelled_samples == 3 and 0 <= m.mean_iou <= 1
+    assert m.provenance.synthetic_data and not m.provenance.backbone_random_init  # no image backbone, no * mark
     summary = write_report([runs["lidar"], runs["camera"]], tmp_path / "report", plots=False)["summary"]
     assert sorted(summary["input"]) == ["112×200", "LiDAR"]
 

@@ -106,12 +106,16 @@ class Teacher:
     seed: int
     sweeps: int
 
-    def stamp(self, student_labelled: list[str], method: str) -> dict:
-        """What the student's metrics.json records: which teacher, on how many labels, and whether it saw
-        labelled frames the student did not (privileged: never part of a low-label claim)."""
+    def stamp(self, student_labelled: list[str], cfg: DistillConfig) -> dict:
+        """What the student's metrics.json records: the method (its label names a weight other than the
+        method's default), which teacher, on how many labels, and whether it saw labelled frames the
+        student did not (privileged: never part of a low-label claim)."""
         extra = sorted(set(self.labelled) - set(student_labelled))
-        return {"method": method, "label": LABELS[method], "teacher_run": str(self.run), "teacher_fraction": self.fraction,
-                "teacher_seed": self.seed, "teacher_labelled": len(self.labelled), "privileged": bool(extra)}
+        weight = cfg.loss_weight()
+        label = LABELS[cfg.method] + ("" if weight == DEFAULT_WEIGHT[cfg.method] else f" ×{weight:g}")
+        return {"method": cfg.method, "label": label, "weight": weight, "teacher_run": str(self.run),
+                "teacher_fraction": self.fraction, "teacher_seed": self.seed, "teacher_labelled": len(self.labelled),
+                "privileged": bool(extra)}
 
 
 def load_teacher(run_dir: str | Path, grid, task: str) -> Teacher:

@@ -241,7 +241,7 @@ def run_finetune(
     data = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split, "val_split": val_split, "gt_cache": str(gt_folder)}
     stamp = {"init": pretraining.to_dict(), "provenance": provenance.to_dict(), "data": data}
     teacher = load_teacher(cfg.distill.teacher, cfg.grid, cfg.task) if cfg.distill.enabled else None
-    distillation = teacher.stamp(labelled, cfg.distill.method) if teacher is not None else {}
+    distillation = teacher.stamp(labelled, cfg.distill) if teacher is not None else {}
     train_set = segmentation_set(train_index, labelled, cfg, gt_folder, train=True, progress=progress, teacher=teacher)
     val_set = segmentation_set(val_index, val_index.tokens, cfg, gt_folder, train=False, progress=progress)
     task = FinetuneTask(cfg, model, train_set, {**stamp, "distillation": distillation}, teacher)

@@ -51,7 +51,8 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
     if init is None:
         network = build_network(cfg.network, cfg.grid)
         backbone = network.provenance.as_dict()
-        provenance = Provenance(backbone_random_init=not backbone["pretrained"], backbone=backbone)
+        # a network without an image backbone (the LiDAR teacher) has no ImageNet weights to miss: no * mark
+        provenance = Provenance(backbone_random_init=not backbone["pretrained"] and "images" in network.inputs, backbone=backbone)
         return SegmentationModel(network, n_classes), PretrainingStamp(), provenance
 
     from occfeat.train.pretrain import read_pretrain_run  # the pretraining stack loads only when asked for
