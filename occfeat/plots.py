@@ -19,24 +19,35 @@ CLASS_COLORS = np.array([[0.55, 0.55, 0.55], [0.2, 0.6, 1.0], [1.0, 0.85, 0.1], 
 
 
 def plot_iou_vs_fraction(summary: pd.DataFrame, path: Path) -> Path:
-    """One panel per task; one line per (arch, backbone, input, pretraining) with std error bars."""
+    """One panel per task; one line per (arch, backbone, input, pretraining) with std error bars. One
+    legend under the panels (a row's colour is the same in every panel), so long row labels never hide
+    the lines."""
     tasks = [t for t in TASKS if (summary["task"] == t).any()]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    keys = sorted({tuple(k) for k in summary[["arch", "backbone", "input", "pretraining", "marks"]].itertuples(index=False)})
+    colors = {k: plt.cm.tab10(i % 10) for i, k in enumerate(keys)}
+    legend_h = 0.2 * len(keys) + 0.3
+    longest = max((len(f"{k[0]}/{k[1]} {k[2]}: {k[3]}{k[4]}") for k in keys), default=0)
+    width = max(6 * len(tasks), 0.062 * longest + 1.5)  # the legend's longest label fits (8 pt)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(width, 4.2 + legend_h), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = summary[summary["task"] == task]
         for key, g in sub.groupby(["arch", "backbone", "input", "pretraining", "marks"], sort=True):
             g = g.sort_values("fraction")
             ax.errorbar(
                 g["fraction"] * 100, g["mean"] * 100, yerr=g["std"].fillna(0) * 100, marker="o", capsize=3,
-                label=f"{key[0]}/{key[1]} {key[2]}: {key[3]}{key[4]}",
+                color=colors[tuple(key)], label=f"{key[0]}/{key[1]} {key[2]}: {key[3]}{key[4]}",
             )
         ax.set_xscale("log")
         ax.set_xlabel("labelled training samples (%)")
         ax.set_ylabel("IoU (x100)" if task == "vehicle" else "mean IoU (x100)")
         ax.set_title(TASKS[task])
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    handles = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", fontsize=8, frameon=False, ncol=1)
+    fig.tight_layout(rect=(0, legend_h / (4.2 + legend_h), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

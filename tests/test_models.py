@@ -148,7 +148,7 @@ def test_segmentation_head_shape():
 
 
 def test_bad_inputs_are_one_line_errors(test_grid):
-    with pytest.raises(OccfeatError, match=r"network.arch: unknown arch 'lss' \(known: bevformer, simplebev\)"):
+    with pytest.raises(OccfeatError, match=r"network.arch: unknown arch 'lss' \(known: bevformer, lidar, simplebev\)"):
         tiny_cfg(arch="lss")
     with pytest.raises(OccfeatError, match="divisible"):
         build_network(tiny_cfg(arch="bevformer", bev_channels=10), test_grid)

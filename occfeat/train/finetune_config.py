@@ -13,7 +13,7 @@ from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.models import NetworkConfig, SimpleBevConfig, upgrade_network_dict
 from occfeat.train.data import AugmentConfig
-from occfeat.train.distill import DistillConfig
+from occfeat.train.distill_config import DistillConfig
 from occfeat.train.labels import FINETUNE_OPTIM, FRACTION_DEFAULTS, check_fraction, fraction_defaults
 from occfeat.train.loop import TrainConfig
 
