@@ -332,10 +332,15 @@ class VehicleGt:
     def __init__(self, boxes: BoxTable, grid: BevGrid, cfg: GtConfig = GtConfig()):
         self.boxes, self.grid, self.cfg = boxes, grid, cfg
 
-    def __call__(self, token: str, ref_T_ego: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def boxes_in(self, token: str, ref_T_ego: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(corners (n, 4, 3), centres (n, 3), visibility (n,)) of one sample's boxes in frame R."""
         corners, centres, vis = self.boxes[token]
         if ref_T_ego is not None:
             corners = apply_4x4(np.asarray(ref_T_ego, dtype=np.float64), corners.reshape(-1, 3)).reshape(-1, 4, 3)
             centres = apply_4x4(np.asarray(ref_T_ego, dtype=np.float64), centres)
+        return corners, centres, vis
+
+    def __call__(self, token: str, ref_T_ego: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        corners, centres, vis = self.boxes_in(token, ref_T_ego)
         visible = ~np.isin(vis, self.cfg.invisible)
         return vehicle_targets(corners[..., :2], centres[:, :2], visible, self.grid, self.cfg.vehicle_rule)

@@ -101,13 +101,8 @@ class BoxMaps:
 
     def __call__(self, token: str, ref_T_ego: np.ndarray | None = None) -> dict[str, np.ndarray]:
         from occfeat.data.gt import footprint_ids, grid_coords
-        from occfeat.geometry import apply_4x4
 
-        corners, centres, _ = self.gt.boxes[token]
-        if ref_T_ego is not None:
-            T = np.asarray(ref_T_ego, dtype=np.float64)
-            corners = apply_4x4(T, corners.reshape(-1, 3)).reshape(-1, 4, 3)
-            centres = apply_4x4(T, centres)
+        corners, centres, _ = self.gt.boxes_in(token, ref_T_ego)
         grid = self.gt.grid
         X, Y = grid.shape[:2]
         vx, vy = grid.voxel_size[:2]
