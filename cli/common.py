@@ -40,6 +40,16 @@ def close_progress_bars() -> None:
         bar.close()
 
 
+def worker_message(text: str) -> str:
+    """The error's own line. An OccfeatError raised in a DataLoader worker comes back re-raised as
+    "Caught OccfeatError in DataLoader worker process N." plus the worker's whole traceback; its message
+    is the traceback's last line."""
+    if text.startswith("Caught OccfeatError in DataLoader worker"):
+        last = text.rstrip().splitlines()[-1]
+        return last.split("OccfeatError: ", 1)[-1]
+    return text
+
+
 def one_line_errors(fn=None, *, on_interrupt: Callable[[dict], str] = rerun_advice):
     """Turn an :class:`OccfeatError` into ``error: <message>`` on stderr and exit status 2.
 
@@ -55,7 +65,7 @@ def one_line_errors(fn=None, *, on_interrupt: Callable[[dict], str] = rerun_advi
             return fn(*args, **kwargs)
         except OccfeatError as e:
             close_progress_bars()
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {worker_message(str(e))}", file=sys.stderr)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             close_progress_bars()

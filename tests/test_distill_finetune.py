@@ -125,6 +125,8 @@ def test_bad_teachers_are_one_line_errors(synth_root, lidar_teacher, tmp_path, t
         load_teacher(lidar_teacher, other, "vehicle")
     with pytest.raises(OccfeatError, match="segments 'vehicle'"):
         load_teacher(lidar_teacher, test_grid, "map")
+    with pytest.raises(OccfeatError, match="holds no checkpoints/last.pt; train the LiDAR teacher first"):
+        load_teacher(tmp_path / "nowhere", test_grid, "vehicle")
     camera = tmp_path / "camera"
     assert finetune(synth_root, camera, CAMERA, 0.5).exit_code == 0
     res = finetune(synth_root, tmp_path / "student", CAMERA, 0.5, "distill.method=bevdistill", f"distill.teacher={camera}")

@@ -94,3 +94,24 @@ def test_pretraining_refuses_the_lidar_network(test_grid, synth_root, occupancy_
 
     with pytest.raises(OccfeatError, match="reads no camera images"):
         make_task(None, test_grid, synth_root, occupancy_h5, features_h5, network={"arch": "lidar"})
+
+
+def test_a_missing_sweep_is_one_line_even_from_a_loader_worker(synth_root, tmp_path):
+    import shutil
+
+    from cli.common import worker_message
+    from occfeat.data.index import SampleIndex
+    from occfeat.data.voxelize import LidarGrid
+    from tests.conftest import TEST_GRID
+
+    root = tmp_path / "root"
+    shutil.copytree(synth_root, root)
+    index = SampleIndex(root, "v1.0-mini", "mini_train")
+    rec = index.record(index.tokens[0])
+    lidar = LidarGrid([rec], TEST_GRID)
+    rec.lidar.path.unlink()
+    with pytest.raises(OccfeatError, match="is missing; restore it: the LiDAR network reads") as e:
+        lidar(rec.token)
+    assert "--skip-bad" not in str(e.value)
+    wrapped = f"Caught OccfeatError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  File x\noccfeat.errors.OccfeatError: {e.value}"
+    assert worker_message(wrapped) == str(e.value) and worker_message("plain") == "plain"

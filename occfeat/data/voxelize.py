@@ -141,7 +141,11 @@ class LidarGrid:
         self.grid = grid
 
     def __call__(self, token: str, ref_T_ego: np.ndarray | None = None) -> np.ndarray:
-        return voxelize_points(points_in_frame(job_points(self.jobs[token]), ref_T_ego), self.grid)
+        try:
+            points = job_points(self.jobs[token])
+        except OccfeatError as e:  # voxelize's advice (--skip-bad) does not apply to a training run
+            raise OccfeatError(f"{str(e).split('; ')[0]}; restore it: the LiDAR network reads every sample's sweeps") from None
+        return voxelize_points(points_in_frame(points, ref_T_ego), self.grid)
 
 
 # ---- worker side ----

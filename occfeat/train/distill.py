@@ -68,6 +68,9 @@ def load_teacher(run_dir: str | Path, grid, task: str) -> Teacher:
     from occfeat.train.rundir import load_checkpoint
 
     run = Path(run_dir).resolve()
+    if not (run / "checkpoints" / "last.pt").is_file():
+        raise OccfeatError(f"distill.teacher {run} holds no checkpoints/last.pt; train the LiDAR teacher first "
+                           "(occfeat finetune --recipe recipes/finetune/synthetic-lidar.yaml ... --out that dir)")
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt", if_damaged="train the teacher again with occfeat finetune")
     payload = ckpt.get("task", {})
     if "model" not in payload:
