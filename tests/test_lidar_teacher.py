@@ -99,7 +99,7 @@ def test_pretraining_refuses_the_lidar_network(test_grid, synth_root, occupancy_
 def test_a_missing_sweep_is_one_line_even_from_a_loader_worker(synth_root, tmp_path):
     import shutil
 
-    from cli.common import worker_message
+    from occfeat.cli.common import worker_message
     from occfeat.data.index import SampleIndex
     from occfeat.data.voxelize import LidarGrid
     from tests.conftest import TEST_GRID
