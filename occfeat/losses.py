@@ -113,8 +113,11 @@ class VehicleSegLoss(nn.Module):
     def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         valid = batch["valid"][:, None]
         ce = segmentation_loss(out["segmentation"], batch["target"], valid, self.POS_WEIGHT)
-        center = balanced_mse_loss(out["center"], batch["center"])
-        offset = offset_loss(out["offset"], batch["offset"], batch["target"].bool() & valid.bool())
+        # Semi-supervised batches (``labelled`` (B,) bool): centre and offset targets exist only on labelled frames.
+        frames = batch["labelled"].bool()[:, None, None, None] if "labelled" in batch else None
+        center = balanced_mse_loss(out["center"], batch["center"], frames)
+        instances = batch["target"].bool() & valid.bool()
+        offset = offset_loss(out["offset"], batch["offset"], instances if frames is None else instances & frames)
         total = (
             uncertainty_weighted(ce, self.ce_weight, self.CE_SCALE)
             + uncertainty_weighted(center, self.center_weight, 0.5)

@@ -15,7 +15,7 @@ Output layout (``--out DIR``)::
     caches/occupancy.h5        voxelize
     caches/features.h5         extract (the semantic stand-in teacher unless another is configured: stamped)
     pretrain/<name>[-p<seed>]/  one pretraining run per pretrain recipe (named after the recipe file; -p<seed> per pretrain_seeds)
-    finetune/<task>-<name>-f<fraction>-s<seed>/   finetune runs (metrics.json each; <name>+<method> distilled,
+    finetune/<task>-<name>-f<fraction>-s<seed>/   finetune runs (metrics.json each; <name>+<entry>[-t100] distilled,
                                lidar-teacher the LiDAR teachers of distillations)
     finetune/gt-cache/         ground truth, shared by the finetune runs
     report/                    table.md, table.csv, plots
@@ -85,15 +85,21 @@ class StudyConfig:
     finetune_recipe: str = "finetune/synthetic-tiny.yaml"
     finetune_overrides: list[str] = field(default_factory=list)
     distillations: tuple[str, ...] = ()
-    """Cross-modal distillation rows ("bevdistill", "distillbev"; ``occfeat.train.distill``): for every
-    (task, fraction, seed) a LiDAR teacher is finetuned on exactly that labelled subset
-    (``teacher_recipe``; run dirs <task>-lidar-teacher-f<fraction>-s<seed>, a row of their own), then every
-    pretraining is finetuned once more per method, distilling from that teacher (run dirs
-    <task>-<pretraining>+<method>-f<fraction>-s<seed>)."""
+    """Cross-modal distillation rows (``occfeat.train.distill``): "bevdistill", "distillbev", the same on
+    the unlabelled frames too ("bevdistill-semi", "distillbev-semi"), or "pseudo" (pseudo-labels from the
+    teacher on the unlabelled frames). For every (task, fraction, seed) a LiDAR teacher is finetuned on
+    exactly that labelled subset (``teacher_recipe``; run dirs <task>-lidar-teacher-f<fraction>-s<seed>, a
+    row of their own), then every pretraining is finetuned once more per entry, distilling from that
+    teacher (run dirs <task>-<pretraining>+<entry>-f<fraction>-s<seed>). Entries that use the unlabelled
+    frames are skipped at fraction 1 (there are none)."""
     teacher_recipe: str = "finetune/synthetic-lidar.yaml"
     """The LiDAR teacher's finetune recipe (its grid must be the finetune recipe's)."""
     distill_overrides: list[str] = field(default_factory=list)
     """key=value overrides of the distilled runs (e.g. distill.weight=0.1, distill.sigma=2)."""
+    privileged: tuple[str, ...] = ()
+    """Distillation entries to run once more at every fraction below 1 from the LiDAR teacher of fraction
+    1 (same seed): the privileged upper bound of the seeds' setting (their teachers saw 100 % of the
+    boxes), marked † in the report, never a low-label result (run dirs <task>-<pretraining>+<entry>-t100-f…)."""
     tasks: tuple[str, ...] = ("vehicle",)
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: tuple[int, ...] = (0,)
@@ -236,12 +242,14 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     grid = resolve_config(ft_recipe, cfg.tasks[0] if cfg.tasks else "vehicle", 1.0, cfg.finetune_overrides).grid
     pretrainings = load_pretrainings(cfg, grid)
     teacher_recipe = recipe_path(cfg.teacher_recipe) if cfg.distillations else None
+    entry_overrides: dict[str, list[str]] = {}
     if teacher_recipe is not None:
-        from occfeat.train.distill import METHODS
+        from occfeat.train.distill_config import study_overrides
 
-        bad = [m for m in cfg.distillations if m not in METHODS or m == "none"]
-        if bad:
-            raise OccfeatError(f"distillations {bad}: each must be one of {', '.join(m for m in METHODS if m != 'none')}")
+        entry_overrides = {e: study_overrides(e) for e in cfg.distillations}
+        stray = [e for e in cfg.privileged if e not in cfg.distillations]
+        if stray:
+            raise OccfeatError(f"privileged {stray}: each must also be in distillations {list(cfg.distillations)}")
         tgrid = resolve_config(teacher_recipe, cfg.tasks[0] if cfg.tasks else "vehicle", 1.0, cfg.finetune_overrides).grid
         if tgrid != grid:
             raise OccfeatError(f"teacher_recipe {cfg.teacher_recipe} uses grid {tgrid.spec()}, the finetune recipe {grid.spec()}; "
@@ -316,6 +324,8 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     runs = []
 
     def finetune(run: Path, recipe: Path, task: str, fraction: float, seed: int, init, overrides: list[str]) -> None:
+        if run in runs:  # a 100 % teacher serves its own column and the privileged rows: one row, trained once
+            return
         runs.append(run)
         if (run / "metrics.json").is_file():
             console.print(f"{run.name}: finished, skipped")
@@ -331,16 +341,24 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     for task in cfg.tasks:
         for fraction in cfg.fractions:
             for seed in cfg.seeds:
-                teacher = None
-                if cfg.distillations:  # the LiDAR teacher of this labelled subset first
-                    teacher = out / "finetune" / run_name(task, LIDAR_TEACHER, fraction, seed)
-                    finetune(teacher, teacher_recipe, task, fraction, seed, None, [])
+                teachers = {}
+                if cfg.distillations:  # the LiDAR teacher of this labelled subset first (and the 100 % one for privileged rows)
+                    teachers[""] = out / "finetune" / run_name(task, LIDAR_TEACHER, fraction, seed)
+                    finetune(teachers[""], teacher_recipe, task, fraction, seed, None, [])
+                    if cfg.privileged and fraction < 1:
+                        teachers["-t100"] = out / "finetune" / run_name(task, LIDAR_TEACHER, 1.0, seed)
+                        finetune(teachers["-t100"], teacher_recipe, task, 1.0, seed, None, [])
                 for name in pretrainings:
                     init = inits[name, pretrain_seed_for(cfg, seed)]
                     finetune(out / "finetune" / run_name(task, name, fraction, seed), ft_recipe, task, fraction, seed, init, [])
-                    for method in cfg.distillations:
-                        finetune(out / "finetune" / run_name(task, f"{name}+{method}", fraction, seed), ft_recipe, task, fraction,
-                                 seed, init, [f"distill.method={method}", f"distill.teacher={teacher.resolve()}", *cfg.distill_overrides])
+                    for entry, overrides in entry_overrides.items():
+                        if fraction >= 1 and "distill.unlabelled=true" in overrides:
+                            continue  # every frame is labelled: nothing to add
+                        for tag, teacher in teachers.items():
+                            if tag and entry not in cfg.privileged:
+                                continue
+                            finetune(out / "finetune" / run_name(task, f"{name}+{entry}{tag}", fraction, seed), ft_recipe, task,
+                                     fraction, seed, init, [*overrides, f"distill.teacher={teacher.resolve()}", *cfg.distill_overrides])
 
     _stage(console, "6/6 report")
     report = timed("report", lambda: write_report(runs, out / "report"))

@@ -23,19 +23,20 @@ def plot_iou_vs_fraction(summary: pd.DataFrame, path: Path) -> Path:
     legend under the panels (a row's colour is the same in every panel), so long row labels never hide
     the lines."""
     tasks = [t for t in TASKS if (summary["task"] == t).any()]
-    keys = sorted({tuple(k) for k in summary[["arch", "backbone", "input", "pretraining", "marks"]].itertuples(index=False)})
+    row = [c for c in ("arch", "backbone", "input", "pretraining", "prior", "marks") if c in summary]
+    keys = sorted({tuple(k) for k in summary[row].itertuples(index=False)})
     colors = {k: plt.cm.tab10(i % 10) for i, k in enumerate(keys)}
     legend_h = 0.2 * len(keys) + 0.3
-    longest = max((len(f"{k[0]}/{k[1]} {k[2]}: {k[3]}{k[4]}") for k in keys), default=0)
+    longest = max((len(_row_label(dict(zip(row, k)))) for k in keys), default=0)
     width = max(6 * len(tasks), 0.062 * longest + 1.5)  # the legend's longest label fits (8 pt)
     fig, axes = plt.subplots(1, len(tasks), figsize=(width, 4.2 + legend_h), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = summary[summary["task"] == task]
-        for key, g in sub.groupby(["arch", "backbone", "input", "pretraining", "marks"], sort=True):
+        for key, g in sub.groupby(row, sort=True):
             g = g.sort_values("fraction")
             ax.errorbar(
                 g["fraction"] * 100, g["mean"] * 100, yerr=g["std"].fillna(0) * 100, marker="o", capsize=3,
-                color=colors[tuple(key)], label=f"{key[0]}/{key[1]} {key[2]}: {key[3]}{key[4]}",
+                color=colors[tuple(key)], label=_row_label(dict(zip(row, key))),
             )
         ax.set_xscale("log")
         ax.set_xlabel("labelled training samples (%)")
@@ -51,6 +52,14 @@ def plot_iou_vs_fraction(summary: pd.DataFrame, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _row_label(r: dict) -> str:
+    """A legend entry: architecture, backbone, input, pretraining and marks, and what a distilled row's
+    teacher was trained on (``prior``, the report's "Labels before finetuning")."""
+    text = f"{r['arch']}/{r['backbone']} {r['input']}: {r['pretraining']}{r['marks']}"
+    prior = r.get("prior", "0")
+    return text if prior == "0" else f"{text} (teacher trained on {prior.split(' (')[0]} labels)"
 
 
 def _overlay(masks: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:

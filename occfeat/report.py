@@ -36,19 +36,31 @@ MARKS = (
 )
 # Marks that must match for a delta: comparing synthetic to real, or random to ImageNet backbones, is meaningless.
 DELTA_MARKS = ("synthetic_data", "backbone_random_init")
-ROW_KEYS = ["arch", "backbone", "input", "pretraining", "marks"]
+ROW_KEYS = ["arch", "backbone", "input", "pretraining", "prior", "marks"]
 
 
-def distillation_label(d: dict, labelled: int) -> str:
+PRIOR = "Labels before finetuning"
+PRIOR_NOTE = (f"{PRIOR}: what the row's starting point and teacher were trained on — 0: no labels (random init "
+              "or self-supervised pretraining); p %: the column's own labelled frames (a LiDAR teacher trained on "
+              "exactly them); a number: the teacher's fraction of the split, more than the column's (privileged, †).")
+
+
+def distillation_label(d: dict) -> str:
     """The row-label suffix of a run distilled from a LiDAR teacher (``d`` = metrics.json's
-    ``distillation``, ``labelled`` = the run's labelled frames): the method and what the teacher was
-    trained on — " + BEVDistill (LiDAR teacher, same labels)" when it saw exactly the run's labelled
-    frames, else its fraction, e.g. " + DistillBEV (LiDAR teacher, 100 % labels)"; "" without."""
+    ``distillation``): the method, e.g. " + BEVDistill" or " + pseudo-labels on unlabelled frames"; ""
+    without. What the teacher saw is :func:`prior_labels`' column."""
+    return f" + {d.get('label', d.get('method'))}" if d else ""
+
+
+def prior_labels(d: dict, labelled: int) -> str:
+    """The labels a run saw before finetuning (``d`` = metrics.json's ``distillation``, ``labelled`` =
+    the run's labelled frames): "0" without a teacher; "p % (LiDAR teacher)" when the teacher saw exactly
+    the run's labelled frames; else the teacher's fraction, e.g. "100 % (LiDAR teacher)"."""
     if not d:
-        return ""
-    same = not d.get("privileged") and d.get("teacher_labelled") == labelled
-    seen = "same labels" if same else f"{100 * float(d.get('teacher_fraction', float('nan'))):g} % labels"
-    return f" + {d.get('label', d.get('method'))} (LiDAR teacher, {seen})"
+        return "0"
+    if not d.get("privileged") and d.get("teacher_labelled") == labelled:
+        return "p % (LiDAR teacher)"
+    return f"{100 * float(d.get('teacher_fraction', float('nan'))):g} % (LiDAR teacher)"
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -61,7 +73,8 @@ def load_run(run_dir: str | Path) -> dict:
         "arch": m.arch,
         "backbone": m.backbone,
         "input": "×".join(str(v) for v in m.input_size) if m.backbone != "none" else "LiDAR",  # no image backbone: the LiDAR teacher
-        "pretraining": m.pretraining.row_label() + distillation_label(m.distillation, m.labelled_samples),
+        "pretraining": m.pretraining.row_label() + distillation_label(m.distillation),
+        "prior": prior_labels(m.distillation, m.labelled_samples),
         "task": m.task,
         "fraction": m.fraction,
         "labelled": m.labelled_samples,
@@ -118,19 +131,19 @@ def wide_table(summary: pd.DataFrame) -> pd.DataFrame:
     columns = [column_name(c.task, c.fraction, c.labelled) for c in cols]
     rows: dict[tuple, dict] = {}
     for r in summary.itertuples(index=False):
-        key = (r.arch, r.backbone, r.input, r.pretraining + r.marks)
+        key = (r.arch, r.backbone, r.input, r.pretraining + r.marks, r.prior)
         rows.setdefault(key, {})[column_name(r.task, r.fraction, r.labelled)] = _cell(r.mean, r.std, r.n, r.delta)
-    # None first within each architecture/backbone, then the pretrainings in name order.
-    order = sorted(rows, key=lambda k: (k[0], k[1], k[2], not k[3].startswith(NONE), k[3]))
+    # None first within each architecture/backbone, then the pretrainings in name order, fewer prior labels first.
+    order = sorted(rows, key=lambda k: (k[0], k[1], k[2], not k[3].startswith(NONE), k[3], k[4] != "0", k[4]))
     table = pd.DataFrame([{c: rows[k].get(c, "-") for c in columns} for k in order], columns=columns)
-    table.index = pd.MultiIndex.from_tuples(order, names=["Architecture", "Backbone", "Input", "BEV pretraining"])
+    table.index = pd.MultiIndex.from_tuples(order, names=["Architecture", "Backbone", "Input", "BEV pretraining", PRIOR])
     return table
 
 
 def legend(summary: pd.DataFrame) -> list[str]:
     """Footnote lines for the marks present, plus how to read the cells."""
-    lines = ["IoU x100 over the val split; (N labelled): labelled samples each run saw before finetuning; "
-             "several seeds: mean ± std; (±x): delta against the None row."]
+    lines = ["IoU x100 over the val split; (N labelled): labelled samples each run finetuned on; "
+             "several seeds: mean ± std; (±x): delta against the None row.", PRIOR_NOTE]
     lines += [f"{mark} {text}" for flag, mark, text in MARKS if summary[flag].any()]
     return lines
 

@@ -124,14 +124,34 @@ def test_distillation_rows_train_a_lidar_teacher_per_labelled_subset_then_distil
     from occfeat.pipeline import run_study
     from occfeat.train.records import FinetuneMetrics
 
-    over = ["pretrainings=[none]", "random_teacher_controls=[]", "fractions=[1.0]", "distillations=[bevdistill]"]
+    over = ["pretrainings=[none]", "random_teacher_controls=[]", "fractions=[0.5,1.0]", "distillations=[bevdistill,pseudo]",
+            "privileged=[bevdistill]"]
     with pytest.raises(OccfeatError, match="each must be one of"):
-        run_study(load_study("studies/ci.yaml", [*over[:-1], "distillations=[fitnet]"]), tmp_path / "refused", progress=False)
+        run_study(load_study("studies/ci.yaml", [*over[:-2], "distillations=[fitnet]"]), tmp_path / "refused", progress=False)
+    with pytest.raises(OccfeatError, match="must also be in distillations"):
+        run_study(load_study("studies/ci.yaml", [*over[:-1], "privileged=[distillbev]"]), tmp_path / "refused", progress=False)
     out = tmp_path / "study"
     report = run_study(load_study("studies/ci.yaml", over), out, progress=False)
-    teacher = out / "finetune" / "vehicle-lidar-teacher-f1-s0"
-    distilled = FinetuneMetrics.read(out / "finetune" / "vehicle-none+bevdistill-f1-s0")
-    assert distilled.distillation["teacher_run"] == str(teacher.resolve()) and not distilled.distillation["privileged"]
-    assert (teacher / "labelled_tokens.txt").read_text() == (out / "finetune" / "vehicle-none-f1-s0" / "labelled_tokens.txt").read_text()
-    assert sorted(report["summary"]["input"]) == ["112×200", "112×200", "LiDAR"]
-    assert set(report["summary"]["pretraining"]) == {"None", "None + BEVDistill (LiDAR teacher, same labels)"}
+    ft = out / "finetune"
+    assert sorted(p.name for p in ft.iterdir() if p.name != "gt-cache") == [
+        "vehicle-lidar-teacher-f0.5-s0", "vehicle-lidar-teacher-f1-s0",  # pseudo-labels need unlabelled frames: none at 100 %
+        "vehicle-none+bevdistill-f0.5-s0", "vehicle-none+bevdistill-f1-s0", "vehicle-none+bevdistill-t100-f0.5-s0",
+        "vehicle-none+pseudo-f0.5-s0", "vehicle-none-f0.5-s0", "vehicle-none-f1-s0"]
+    for run, teacher, privileged in [("vehicle-none+bevdistill-f1-s0", "vehicle-lidar-teacher-f1-s0", False),
+                                     ("vehicle-none+bevdistill-f0.5-s0", "vehicle-lidar-teacher-f0.5-s0", False),
+                                     ("vehicle-none+pseudo-f0.5-s0", "vehicle-lidar-teacher-f0.5-s0", False),
+                                     ("vehicle-none+bevdistill-t100-f0.5-s0", "vehicle-lidar-teacher-f1-s0", True)]:
+        distilled = FinetuneMetrics.read(ft / run)
+        assert distilled.distillation["teacher_run"] == str((ft / teacher).resolve())
+        assert distilled.distillation["privileged"] == privileged
+        same = (ft / teacher / "labelled_tokens.txt").read_text() == (ft / run / "labelled_tokens.txt").read_text()
+        assert same != privileged  # a same-labels teacher saw exactly the student's labelled frames
+    pseudo = FinetuneMetrics.read(ft / "vehicle-none+pseudo-f0.5-s0")
+    assert pseudo.distillation["unlabelled"] > 0  # the rest of the split, used without its labels
+    assert pseudo.labelled_samples + pseudo.distillation["unlabelled"] == FinetuneMetrics.read(ft / "vehicle-none-f1-s0").labelled_samples
+    s = report["summary"]
+    assert list(report["runs"]["run"]).count(str(ft / "vehicle-lidar-teacher-f1-s0")) == 1  # one row, though it serves twice
+    rows = {(r.pretraining, r.prior, r.marks) for r in s.itertuples()}
+    assert rows == {("None", "0", "§*"), ("None", "0", "§"), ("None + BEVDistill", "p % (LiDAR teacher)", "§*"),
+                    ("None + BEVDistill", "100 % (LiDAR teacher)", "§*†"),
+                    ("None + pseudo-labels on unlabelled frames", "p % (LiDAR teacher)", "§*")}

@@ -103,9 +103,11 @@ def test_both_methods_finetune_through_the_cli_and_the_report_says_what_the_teac
     assert fewer.labelled_samples == 2 and fewer.distillation["privileged"]  # the teacher saw a frame the student did not
     assert same.distillation["weight"] == 0.01 and fewer.distillation["weight"] == 1.0  # each method's default
     summary = write_report(list(runs.values()), tmp_path / "report", plots=False)["summary"]
-    labels = dict(zip(summary["pretraining"], summary["marks"]))
-    assert labels == {"None + BEVDistill (LiDAR teacher, same labels)": "§*",
-                      "None + DistillBEV (LiDAR teacher, 50 % labels)": "§*†"}
+    labels = {p: (prior, marks) for p, prior, marks in zip(summary["pretraining"], summary["prior"], summary["marks"])}
+    assert labels == {"None + BEVDistill": ("p % (LiDAR teacher)", "§*"),
+                      "None + DistillBEV": ("50 % (LiDAR teacher)", "§*†")}
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "| Labels before finetuning |" in table and "| None + DistillBEV§*† | 50 % (LiDAR teacher) |" in table
     # a resumed run keeps its teacher: another teacher is refused
     res = finetune(synth_root, runs["bevdistill"], CAMERA, 0.5, "--resume", "distill.method=bevdistill",
                    f"distill.teacher={runs['distillbev']}", "distill.nce_weight=0.2")
@@ -134,12 +136,119 @@ def test_bad_teachers_are_one_line_errors(synth_root, lidar_teacher, tmp_path, t
 
 
 def test_the_stamp_names_a_weight_other_than_the_methods_default(lidar_teacher, test_grid):
-    from occfeat.report import distillation_label
+    from occfeat.report import distillation_label, prior_labels
     from occfeat.train.distill import DistillConfig, load_teacher
 
     teacher = load_teacher(lidar_teacher, test_grid, "vehicle")
     tokens = (lidar_teacher / "labelled_tokens.txt").read_text().split()
     default = teacher.stamp(tokens, DistillConfig(method="distillbev", teacher=str(lidar_teacher)))
     scaled = teacher.stamp(tokens[:1], DistillConfig(method="distillbev", teacher=str(lidar_teacher), weight=0.1))
-    assert distillation_label(default, 3) == " + DistillBEV (LiDAR teacher, same labels)" and not default["privileged"]
-    assert distillation_label(scaled, 1) == " + DistillBEV ×0.1 (LiDAR teacher, 50 % labels)" and scaled["privileged"]
+    assert distillation_label(default) == " + DistillBEV" and prior_labels(default, 3) == "p % (LiDAR teacher)"
+    assert distillation_label(scaled) == " + DistillBEV ×0.1" and prior_labels(scaled, 1) == "50 % (LiDAR teacher)"
+    assert not default["privileged"] and scaled["privileged"] and prior_labels({}, 3) == "0"
+    semi = teacher.stamp(tokens, DistillConfig(method="bevdistill", teacher=str(lidar_teacher), unlabelled=True), 5)
+    pseudo = teacher.stamp(tokens, DistillConfig(method="pseudo", teacher=str(lidar_teacher), unlabelled=True), 5)
+    assert distillation_label(semi) == " + BEVDistill on all frames" and semi["unlabelled"] == 5
+    assert distillation_label(pseudo) == " + pseudo-labels on unlabelled frames"
+
+
+# ---------------------------------------------------------------- semi-supervised: the unlabelled frames
+
+
+def test_unlabelled_frames_carry_no_labels_and_every_one_is_visited(synth_root, lidar_teacher, tmp_path, test_grid):
+    from occfeat.data.index import SampleIndex
+    from occfeat.train.distill import load_teacher
+    from occfeat.train.finetune import FinetuneTask, SemiSupervisedSet, segmentation_set
+    from occfeat.train.labels import select_labelled
+
+    index = SampleIndex(synth_root, "v1.0-mini", "mini_train")
+    cfg = resolve_config(CAMERA, "vehicle", 0.2, ["distill.method=distillbev", f"distill.teacher={lidar_teacher}", "distill.unlabelled=true"])
+    teacher = load_teacher(lidar_teacher, test_grid, "vehicle")
+    labelled = select_labelled(index.tokens, 0.2, 3)
+    unlabelled = [t for t in index.tokens if t not in labelled]
+    ds = segmentation_set(index, labelled, cfg, tmp_path, train=True, progress=False, teacher=teacher, unlabelled=unlabelled)
+    assert isinstance(ds, SemiSupervisedSet) and len(ds) == len(labelled)  # an epoch is still one pass over the labels
+    assert any(ds.labelled.gt(t)["target"].any() for t in unlabelled)  # the real labels would not be empty
+    seen = []
+    for epoch in range(-(-len(unlabelled) // len(labelled))):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            known, blind = ds[i]
+            assert known["labelled"] and not blind["labelled"] and known["token"] in labelled
+            for key in ("target", "valid", "center", "offset", "distill_fg", "box_area"):
+                assert known[key].shape == blind[key].shape and not blind[key].any(), key
+            assert blind["lidar"].any()  # the teacher's input is real
+            seen.append(blind["token"])
+    assert sorted(set(seen)) == sorted(unlabelled)
+    batch = FinetuneTask.collate(None, [ds[0]])
+    assert batch["labelled"].tolist() == [True, False] and batch["images"].shape[0] == 2
+
+
+def test_the_vehicle_loss_reads_nothing_an_unlabelled_frame_carries():
+    from occfeat.losses import VehicleSegLoss
+
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    out = {"segmentation": r(2, 1, 8, 8), "center": r(2, 1, 8, 8), "offset": r(2, 2, 8, 8)}
+    batch = {"target": r(2, 1, 8, 8) > 0.7, "valid": torch.tensor([True, False])[:, None, None].expand(2, 8, 8),
+             "center": r(2, 1, 8, 8), "offset": r(2, 2, 8, 8), "labelled": torch.tensor([True, False])}
+    loss = VehicleSegLoss()
+    both, _ = loss(out, batch)
+    alone, _ = loss({k: v[:1] for k, v in out.items()}, {k: v[:1] for k, v in batch.items() if k != "labelled"})
+    torch.testing.assert_close(both, alone)  # frame 2's target, centre and offset change nothing
+
+
+def test_unlabelled_frames_take_their_masks_from_the_teacher(lidar_teacher, test_grid):
+    from occfeat.distillation import dense_distillation_loss
+    from occfeat.models import build_network
+    from occfeat.train.distill import DistillConfig, Distiller, component_areas, load_teacher
+    from occfeat.train.finetune import with_pseudo_labels
+    from tests.test_models import tiny_batch, tiny_cfg
+
+    teacher = load_teacher(lidar_teacher, test_grid, "vehicle")
+    student = build_network(tiny_cfg(bev_channels=32), test_grid)
+    X, Y, Z = test_grid.shape
+    torch.manual_seed(0)
+    garbage = {"target": torch.rand(1, 1, X, Y) > 0.5, "distill_fg": torch.rand(1, X, Y), "box_area": torch.rand(1, X, Y) * 50}
+    batch = {**tiny_batch(), "lidar": torch.rand(1, X, Y, Z) > 0.9, **garbage, "labelled": torch.tensor([False])}
+    bev = student.forward_bev(batch)
+    # BEVDistill: the weights are the teacher's predicted probability
+    bd = Distiller(DistillConfig(method="bevdistill", teacher=str(lidar_teacher)), student, teacher, "vehicle")
+    feats, probs = bd.teacher_outputs(batch)
+    loss, _ = bd(bev, batch)
+    torch.testing.assert_close(loss, 0.01 * dense_distillation_loss(bd.adapters["bev"](bev), feats["bev"], probs.amax(1)))
+    # DistillBEV: an unlabelled frame = a labelled one whose boxes are the teacher's predicted blobs
+    db = Distiller(DistillConfig(method="distillbev", teacher=str(lidar_teacher), stages=("bev",)), student, teacher, "vehicle")
+    predicted = probs.amax(1) > 0.5
+    as_if = {**batch, "labelled": torch.tensor([True]), "target": predicted[:, None],
+             "box_area": torch.from_numpy(component_areas(predicted[0].numpy()))[None]}
+    torch.testing.assert_close(db(bev, batch)[0], db(bev, as_if)[0])
+    assert not torch.equal(db(bev, batch)[0], db(bev, {**batch, "labelled": torch.tensor([True])})[0])
+    # pseudo-labels: no feature term; the thresholded predictions replace the unlabelled frame's target only
+    pl = Distiller(DistillConfig(method="pseudo", teacher=str(lidar_teacher), unlabelled=True), student, teacher, "vehicle")
+    _, terms = pl(bev, batch)
+    assert set(terms) == {"pseudo_target"} and torch.equal(terms["pseudo_target"], probs > 0.5) and not list(pl.parameters())
+    two = {"target": torch.zeros(2, 1, 2, 2, dtype=torch.bool), "valid": torch.tensor([[[True, False], [True, True]]] * 2),
+           "labelled": torch.tensor([True, False])}
+    pseudo = torch.ones(2, 1, 2, 2, dtype=torch.bool)
+    got = with_pseudo_labels(two, pseudo)
+    assert got["target"][0].sum() == 0 and got["target"][1].all() and got["valid"][1].all() and not got["valid"][0, 0, 1]
+
+
+def test_semi_supervised_runs_through_the_cli_and_record_their_unlabelled_frames(synth_root, lidar_teacher, tmp_path):
+    from occfeat.train.records import FinetuneMetrics
+
+    for method in ("distillbev", "pseudo"):
+        out = tmp_path / method
+        res = finetune(synth_root, out, CAMERA, 0.5, f"distill.method={method}", f"distill.teacher={lidar_teacher}", "distill.unlabelled=true")
+        assert res.exit_code == 0, res.output
+        m = FinetuneMetrics.read(out)
+        assert m.labelled_samples == 3 and m.distillation["unlabelled"] == 3 and not m.distillation["privileged"]
+        assert (out / "labelled_tokens.txt").read_text() == (lidar_teacher / "labelled_tokens.txt").read_text()
+        row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+        assert ("loss_distill" in row) == (method == "distillbev")
+    res = finetune(synth_root, tmp_path / "all", CAMERA, 1.0, "distill.method=bevdistill", f"distill.teacher={lidar_teacher}",
+                   "distill.unlabelled=true")
+    assert res.exit_code == 2 and "none is left unlabelled" in res.output and "\n" not in res.output.strip()
+    with pytest.raises(OccfeatError, match="add distill.unlabelled=true"):
+        resolve_config(CAMERA, "vehicle", 0.1, ["distill.method=pseudo", f"distill.teacher={lidar_teacher}"])

@@ -46,16 +46,15 @@ class Teacher:
     seed: int
     sweeps: int
 
-    def stamp(self, student_labelled: list[str], cfg: DistillConfig) -> dict:
+    def stamp(self, student_labelled: list[str], cfg: DistillConfig, n_unlabelled: int = 0) -> dict:
         """What the student's metrics.json records: the method (its label names a weight other than the
-        method's default), which teacher, on how many labels, and whether it saw labelled frames the
-        student did not (privileged: never part of a low-label claim)."""
+        method's default and the unlabelled frames), which teacher, on how many labels, whether it saw
+        labelled frames the student did not (privileged: never part of a low-label claim), and how many
+        unlabelled frames the student trained on."""
         extra = sorted(set(self.labelled) - set(student_labelled))
-        weight = cfg.loss_weight()
-        label = LABELS[cfg.method] + ("" if weight == DEFAULT_WEIGHT[cfg.method] else f" ×{weight:g}")
-        return {"method": cfg.method, "label": label, "weight": weight, "teacher_run": str(self.run),
+        return {"method": cfg.method, "label": cfg.label(), "weight": cfg.loss_weight(), "teacher_run": str(self.run),
                 "teacher_fraction": self.fraction, "teacher_seed": self.seed, "teacher_labelled": len(self.labelled),
-                "privileged": bool(extra)}
+                "privileged": bool(extra), "unlabelled": n_unlabelled}
 
 
 def load_teacher(run_dir: str | Path, grid, task: str) -> Teacher:
@@ -179,21 +178,34 @@ class Distiller(nn.Module):
         self.teacher_tap = StageTap(teacher.model.network, self.stages)
 
     def teacher_outputs(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The teacher's features per stage and its class probabilities (B, C, X, Y), without gradient."""
         model = self.teacher[0]
         model.eval()
         with torch.no_grad():
             bev = model.network.forward_bev(batch)
-            prob = torch.sigmoid(model.head(bev)).amax(dim=1)  # (B, X, Y): the teacher's predicted foreground
-        return {**self.teacher_tap.out, "bev": bev}, prob
+            probs = torch.sigmoid(model.head(bev))
+        return {**self.teacher_tap.out, "bev": bev}, probs
 
     def forward(self, student_bev: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        teacher, prob = self.teacher_outputs(batch)
+        """(loss, terms). Frames of the batch with ``labelled`` False (semi-supervised) take their masks
+        from the teacher's predictions instead of the ground truth they do not carry; with ``method:
+        pseudo`` the terms are {"pseudo_target": (B, C, X, Y) bool}, the teacher's thresholded predictions."""
+        teacher, probs = self.teacher_outputs(batch)
+        prob = probs.amax(dim=1)  # (B, X, Y): the teacher's predicted foreground
+        if self.cfg.method == "pseudo":
+            return student_bev.new_zeros(()), {"pseudo_target": probs > self.cfg.pseudo_threshold}
+        unlabelled = ~batch["labelled"].bool() if "labelled" in batch else None  # (B,)
+        predicted = prob > self.cfg.pseudo_threshold
+
+        def known(gt: torch.Tensor, guess: torch.Tensor) -> torch.Tensor:  # gt on labelled frames, the teacher's guess elsewhere
+            return gt if unlabelled is None else torch.where(unlabelled[:, None, None], guess, gt)
+
         student = {**self.student_tap.out, "bev": student_bev}
         flips = batch.get("flip_bev")
         weight = self.cfg.loss_weight()
         if self.cfg.method == "bevdistill":
             fs, ft = self.adapters["bev"](student["bev"]), teacher["bev"]
-            w = batch["distill_fg"].float() if self.task == "vehicle" else prob
+            w = known(batch["distill_fg"].float(), prob) if self.task == "vehicle" else prob
             loss = weight * dense_distillation_loss(fs, ft, w)
             terms = {"loss_distill": loss}
             if self.cfg.nce_weight > 0:
@@ -201,8 +213,14 @@ class Distiller(nn.Module):
                 terms["loss_nce"] = self.cfg.nce_weight * nce
                 loss = loss + terms["loss_nce"]
             return loss, terms
-        fg_full = batch["target"].bool().any(dim=1) if self.task == "map" else batch["target"][:, 0].bool()
-        area_full = batch["box_area"].float() if self.task == "vehicle" else self._map_areas(fg_full)
+        gt_fg = batch["target"].bool().any(dim=1) if self.task == "map" else batch["target"][:, 0].bool()
+        fg_full = known(gt_fg, predicted)
+        if self.task == "vehicle":
+            area_full = batch["box_area"].float()
+            if unlabelled is not None and bool(unlabelled.any()):  # predicted boxes: the size of each predicted blob
+                area_full = known(area_full, self._map_areas(predicted))
+        else:
+            area_full = self._map_areas(fg_full)
         total = student_bev.new_zeros(())
         for s in self.stages:
             fs, ft = self.adapters[s](student[s]), teacher[s]
@@ -234,6 +252,7 @@ class Distiller(nn.Module):
 
     @staticmethod
     def _map_areas(fg: torch.Tensor) -> torch.Tensor:
+        """(B, X, Y) bool → the size in cells of each cell's connected region (:func:`component_areas`)."""
         areas = [torch.from_numpy(component_areas(m)) for m in fg.detach().cpu().numpy()]
         return torch.stack(areas).to(fg.device)
 

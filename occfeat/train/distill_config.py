@@ -9,10 +9,22 @@ from dataclasses import dataclass
 from occfeat.distillation import FP_THRESHOLD
 from occfeat.errors import OccfeatError
 
-METHODS = ("none", "bevdistill", "distillbev")
-LABELS = {"bevdistill": "BEVDistill", "distillbev": "DistillBEV"}
+METHODS = ("none", "bevdistill", "distillbev", "pseudo")
+LABELS = {"bevdistill": "BEVDistill", "distillbev": "DistillBEV", "pseudo": "pseudo-labels"}
 STAGES = ("layer1", "layer2", "layer3", "bev")
-DEFAULT_WEIGHT = {"bevdistill": 0.01, "distillbev": 1.0}  # BEVDistill's loss_weight; DistillBEV's α carry its scale
+DEFAULT_WEIGHT = {"bevdistill": 0.01, "distillbev": 1.0, "pseudo": 1.0}  # BEVDistill's loss_weight; DistillBEV's α carry its scale
+
+
+def study_overrides(entry: str) -> list[str]:
+    """The finetune overrides of a study's distillation entry: a method ("bevdistill", "distillbev"), the
+    same on the unlabelled frames too ("bevdistill-semi", "distillbev-semi"), or "pseudo" (pseudo-labels
+    on the unlabelled frames)."""
+    method, _, variant = entry.partition("-")
+    if method not in METHODS or method == "none" or variant not in ("", "semi") or (method == "pseudo" and variant):
+        choices = ", ".join(m + s for m in METHODS[1:3] for s in ("", "-semi"))
+        raise OccfeatError(f"distillations entry {entry!r}: each must be one of {choices}, pseudo")
+    semi = variant == "semi" or method == "pseudo"
+    return [f"distill.method={method}", *(["distill.unlabelled=true"] if semi else [])]
 
 
 @dataclass
@@ -20,7 +32,8 @@ class DistillConfig:
     """Distillation from a LiDAR teacher during finetuning; ``method: none`` (the default) turns it off."""
 
     method: str = "none"
-    """none | bevdistill | distillbev."""
+    """none | bevdistill | distillbev | pseudo (no feature term: the teacher's thresholded predictions are
+    the segmentation targets of the unlabelled frames, the baseline beside semi-supervised distillation)."""
     teacher: str | None = None
     """The LiDAR teacher: a finetune run dir of ``recipes/finetune/*lidar*.yaml`` (its checkpoints/last.pt)."""
     weight: float | None = None
@@ -44,12 +57,26 @@ class DistillConfig:
     """DistillBEV's spatial attention from the "teacher"'s features or the "mean" of teacher and student."""
     stages: tuple[str, ...] = STAGES
     """DistillBEV's stages (BEVDistill always uses F_B = "bev")."""
+    unlabelled: bool = False
+    """Semi-supervised: also train on the split's frames outside the labelled subset, never reading their
+    labels. Each step adds as many unlabelled frames as labelled ones (cycling through them over the
+    epochs); on them only the distillation term applies, with masks from the teacher's predictions
+    (foreground = probability > ``pseudo_threshold``), or with ``method: pseudo`` the segmentation loss
+    against the teacher's thresholded predictions."""
+    pseudo_threshold: float = 0.5
+    """Teacher probability above which an unlabelled cell is foreground (the evaluation's threshold)."""
 
     def check(self) -> None:
         if self.method not in METHODS:
             raise OccfeatError(f"distill.method={self.method!r} is not one of {', '.join(METHODS)}")
         if self.method == "none":
             return
+        if self.method == "pseudo" and not self.unlabelled:
+            raise OccfeatError("distill.method=pseudo labels the frames outside the labelled subset: add distill.unlabelled=true")
+        if self.method == "pseudo" and self.weight is not None:
+            raise OccfeatError("distill.weight has no effect with method=pseudo (the pseudo-labelled frames join the segmentation loss); drop it")
+        if not 0 < self.pseudo_threshold < 1:
+            raise OccfeatError(f"distill.pseudo_threshold={self.pseudo_threshold} must be between 0 and 1")
         if not self.teacher:
             raise OccfeatError(f"distill.method={self.method} needs distill.teacher=RUN_DIR, a finetune run of a LiDAR recipe "
                                "(e.g. occfeat finetune --recipe finetune/synthetic-lidar.yaml ...)")
@@ -67,4 +94,15 @@ class DistillConfig:
         return DEFAULT_WEIGHT[self.method] if self.weight is None else float(self.weight)
 
     def used_stages(self) -> tuple[str, ...]:
+        """The stages with a feature term (pseudo-labels have none)."""
+        if self.method == "pseudo":
+            return ()
         return ("bev",) if self.method == "bevdistill" else tuple(self.stages)
+
+    def label(self) -> str:
+        """The row label of the method: its name, a weight other than its default, and the frames it uses."""
+        weight = self.loss_weight()
+        text = LABELS[self.method] + ("" if weight == DEFAULT_WEIGHT[self.method] else f" ×{weight:g}")
+        if self.method == "pseudo":
+            return text + " on unlabelled frames"
+        return text + (" on all frames" if self.unlabelled else "")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import default_collate
+from torch.utils.data import Dataset, default_collate
 
 from occfeat.data.gt import task_classes
 from occfeat.data.gt_cache import segmentation_gt
@@ -101,12 +101,49 @@ class SegmentationDataset(CameraDataset):
         return out
 
 
+class NoLabels:
+    """The ground truth of a frame used without its labels (semi-supervised distillation): zeros shaped
+    like a labelled frame's (``template``: its targets and box maps), ``valid`` all False, so no loss term
+    reads them and nothing is drawn from the frame's annotations. Picklable."""
+
+    def __init__(self, template: dict[str, np.ndarray]):
+        self.template = {k: np.zeros_like(v) for k, v in template.items()}
+
+    def __call__(self, token: str, ref_T_ego: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.template.items()}
+
+
+class SemiSupervisedSet(Dataset):
+    """Labelled frames, each paired with an unlabelled one: item i = [labelled[i], unlabelled[j]] with
+    ``labelled`` True / False, j = (epoch · L + i) mod U, so every epoch visits L new unlabelled frames
+    and the whole pool is cycled through; an epoch is still one pass over the labelled frames (the
+    paper's budget). :meth:`FinetuneTask.collate` flattens the pairs into one batch."""
+
+    def __init__(self, labelled: SegmentationDataset, unlabelled: SegmentationDataset):
+        self.labelled, self.unlabelled = labelled, unlabelled
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.labelled.set_epoch(epoch)
+        self.unlabelled.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __getitem__(self, i: int) -> list[dict]:
+        j = (self.epoch * len(self.labelled) + i) % len(self.unlabelled)
+        return [{**self.labelled[i], "labelled": True}, {**self.unlabelled[j], "labelled": False}]
+
+
 def segmentation_set(
     index: SampleIndex, tokens: list[str], cfg: FinetuneConfig, gt_folder: Path, train: bool, progress: bool = True,
-    teacher: Teacher | None = None,
-) -> SegmentationDataset:
+    teacher: Teacher | None = None, unlabelled: list[str] | None = None,
+) -> SegmentationDataset | SemiSupervisedSet:
     """The dataset of ``tokens`` of ``index``'s split; what the ground truth needs is cached in ``gt_folder``.
-    With ``teacher`` (distillation, training set) also the teacher's LiDAR input and the box maps."""
+    With ``teacher`` (distillation, training set) also the teacher's LiDAR input and the box maps; with
+    ``unlabelled`` tokens too (semi-supervised) a :class:`SemiSupervisedSet` whose unlabelled frames carry
+    :class:`NoLabels` instead of their ground truth."""
     gt = segmentation_gt(index, cfg.grid, cfg.task, cfg.gt, gt_folder, progress=progress)
     records = [index.record(t) for t in tokens]
     rigs = [camera_rig(rec) for rec in records]
@@ -118,7 +155,16 @@ def segmentation_set(
         lidar = LidarGrid(records, cfg.grid, teacher.sweeps)
     if teacher is not None and cfg.task == "vehicle":
         box_maps = BoxMaps(gt.source, cfg.distill.sigma)
-    return SegmentationDataset(rigs, gt, cfg.input_size, augment, seed=cfg.train.seed, lidar=lidar, box_maps=box_maps)
+    dataset = SegmentationDataset(rigs, gt, cfg.input_size, augment, seed=cfg.train.seed, lidar=lidar, box_maps=box_maps)
+    if not unlabelled:
+        return dataset
+    first = records[0].token  # a labelled frame gives the shapes
+    template = {**gt(first), **(box_maps(first) if box_maps is not None else {})}
+    records = [index.record(t) for t in unlabelled]
+    lidar = LidarGrid(records, cfg.grid, teacher.sweeps) if teacher is not None else None
+    blind = SegmentationDataset([camera_rig(rec) for rec in records], NoLabels(template), cfg.input_size, augment,
+                                seed=cfg.train.seed, lidar=lidar)
+    return SemiSupervisedSet(dataset, blind)
 
 
 class FinetuneTask:
@@ -136,11 +182,15 @@ class FinetuneTask:
         aux_distiller = Distiller(cfg.distill, model.network, teacher, cfg.task) if teacher is not None else None
         self.model = FinetuneModel(model, cfg.task, aux_distiller)
 
-    def collate(self, items: list[dict]) -> dict:
-        return default_collate(items)
+    def collate(self, items: list) -> dict:
+        # a semi-supervised item is a [labelled, unlabelled] pair: one batch of both
+        return default_collate([x for item in items for x in (item if isinstance(item, list) else [item])])
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         out = model(batch)
+        pseudo = out.pop("pseudo_target", None)
+        if pseudo is not None:  # the pseudo-label baseline: the teacher's predictions become the unlabelled frames' targets
+            batch = with_pseudo_labels(batch, pseudo)
         total, terms = self.model.objective(out, batch)
         extra = {k: v for k, v in out.items() if k.startswith("loss_")}  # the distillation terms
         if extra:
@@ -179,6 +229,16 @@ class FinetuneTask:
             init = now.to_dict() if same else old.to_dict()
         extra = {k: v for k, v in (("init", init), ("data", saved.get("data"))) if k in saved}
         return {**config_as_dict(config_from_dict(saved)), **extra}
+
+
+def with_pseudo_labels(batch: dict, pseudo: torch.Tensor) -> dict:
+    """``batch`` with the frames whose ``labelled`` is False given ``pseudo`` (B, C, X, Y) bool as their
+    target, every cell valid; labelled frames keep their ground truth. Centre and offset stay masked to
+    the labelled frames (the loss reads ``labelled``)."""
+    blind = ~batch["labelled"].bool()
+    target = torch.where(blind[:, None, None, None], pseudo.to(batch["target"].dtype), batch["target"])
+    valid = torch.where(blind[:, None, None], torch.ones_like(batch["valid"]), batch["valid"])
+    return {**batch, "target": target, "valid": valid}
 
 
 # ---------------------------------------------------------------- run + evaluate
@@ -241,8 +301,13 @@ def run_finetune(
     data = {"dataroot": str(Path(dataroot).resolve()), "version": version, "split": split, "val_split": val_split, "gt_cache": str(gt_folder)}
     stamp = {"init": pretraining.to_dict(), "provenance": provenance.to_dict(), "data": data}
     teacher = load_teacher(cfg.distill.teacher, cfg.grid, cfg.task) if cfg.distill.enabled else None
-    distillation = teacher.stamp(labelled, cfg.distill) if teacher is not None else {}
-    train_set = segmentation_set(train_index, labelled, cfg, gt_folder, train=True, progress=progress, teacher=teacher)
+    unlabelled = [t for t in train_index.tokens if t not in chosen] if cfg.distill.enabled and cfg.distill.unlabelled else []
+    if cfg.distill.enabled and cfg.distill.unlabelled and not unlabelled:
+        raise OccfeatError(f"distill.unlabelled: fraction {cfg.fraction:g} labels every frame of '{split}', none is left "
+                           "unlabelled; drop distill.unlabelled (or use a smaller fraction)")
+    distillation = teacher.stamp(labelled, cfg.distill, len(unlabelled)) if teacher is not None else {}
+    train_set = segmentation_set(train_index, labelled, cfg, gt_folder, train=True, progress=progress, teacher=teacher,
+                                 unlabelled=unlabelled)
     val_set = segmentation_set(val_index, val_index.tokens, cfg, gt_folder, train=False, progress=progress)
     task = FinetuneTask(cfg, model, train_set, {**stamp, "distillation": distillation}, teacher)
 
