@@ -34,14 +34,18 @@ def main() -> None:
     print(f"{'A − B':44s} {'task':8s} {'fraction':>8s} {'mean ± std':>14s}  A > B")
     for pair in args.pairs:
         a, b = pair.split(":")
+        found = False
         for (task, fraction), group in runs.groupby(["task", "fraction"], sort=False):
             ia = group[group["name"] == a].set_index("seed")["iou"]
             ib = group[group["name"] == b].set_index("seed")["iou"]
             diff = 100 * (ia - ib).dropna()
-            if diff.empty:
-                raise SystemExit(f"no seed has both '{a}' and '{b}' for {task} {fraction:g}; names: {sorted(runs['name'].unique())}")
+            if diff.empty:  # e.g. a teacher's 100 % column, where neither row ran
+                continue
+            found = True
             std = f"{diff.std(ddof=1):.1f}" if len(diff) > 1 else "–"
             print(f"{a + ' − ' + b:44s} {task:8s} {100 * fraction:7g}% {diff.mean():+7.1f} ± {std:>4s}  {int((diff > 0).sum())}/{len(diff)}")
+        if not found:
+            raise SystemExit(f"no seed has both '{a}' and '{b}' for any task and fraction; names: {sorted(runs['name'].unique())}")
 
 
 if __name__ == "__main__":
