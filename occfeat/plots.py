@@ -25,7 +25,10 @@ def plot_iou_vs_fraction(summary: pd.DataFrame, path: Path) -> Path:
     tasks = [t for t in TASKS if (summary["task"] == t).any()]
     row = [c for c in ("arch", "backbone", "input", "pretraining", "prior", "marks") if c in summary]
     keys = sorted({tuple(k) for k in summary[row].itertuples(index=False)})
-    colors = {k: plt.cm.tab10(i % 10) for i, k in enumerate(keys)}
+    # up to 10 rows: tab10; more: tab20 and a marker per row, so no two rows look alike
+    palette = plt.cm.tab10 if len(keys) <= 10 else plt.cm.tab20
+    colors = {k: palette(i % palette.N) for i, k in enumerate(keys)}
+    markers = {k: "o" if len(keys) <= 10 else "os^Dv<>PX*"[i % 10] for i, k in enumerate(keys)}
     legend_h = 0.2 * len(keys) + 0.3
     longest = max((len(_row_label(dict(zip(row, k)))) for k in keys), default=0)
     width = max(6 * len(tasks), 0.062 * longest + 1.5)  # the legend's longest label fits (8 pt)
@@ -35,7 +38,7 @@ def plot_iou_vs_fraction(summary: pd.DataFrame, path: Path) -> Path:
         for key, g in sub.groupby(row, sort=True):
             g = g.sort_values("fraction")
             ax.errorbar(
-                g["fraction"] * 100, g["mean"] * 100, yerr=g["std"].fillna(0) * 100, marker="o", capsize=3,
+                g["fraction"] * 100, g["mean"] * 100, yerr=g["std"].fillna(0) * 100, marker=markers[tuple(key)], capsize=3,
                 color=colors[tuple(key)], label=_row_label(dict(zip(row, key))),
             )
         ax.set_xscale("log")
