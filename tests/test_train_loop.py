@@ -37,6 +37,18 @@ def test_fit_writes_run_dir_and_learns(tmp_path):
     assert "lr: 0.3" in (run / "config.yaml").read_text()
 
 
+def test_keep_snapshots_keeps_only_the_newest_epochs_and_a_resume_still_works(tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(toy_train_config(), keep_snapshots=2)
+    fit(ToyTask(cfg), dataclasses.replace(cfg, max_steps=8), tmp_path / "run")  # stops mid-epoch 2
+    fit(ToyTask(cfg), cfg, tmp_path / "run", resume=True)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["epoch_002.pt", "epoch_003.pt", "last.pt"]
+    assert rows(tmp_path / "run")[-1]["step"] == 18
+    with pytest.raises(OccfeatError, match="keep_snapshots must be >= 0"):
+        fit(ToyTask(cfg), dataclasses.replace(cfg, keep_snapshots=-1), tmp_path / "bad")
+
+
 @pytest.mark.parametrize("stop", [6, 8])  # at an epoch boundary and mid-epoch
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, stop):
     cfg = toy_train_config()

@@ -85,6 +85,9 @@ class TrainConfig:
     """"auto" (this rank's CUDA device, else CPU), "cpu", "cuda"."""
     max_steps: int = 0
     """Stop after this many optimizer steps in total (0: run every epoch); writes a resumable checkpoint."""
+    keep_snapshots: int = 0
+    """Epoch snapshots (checkpoints/epoch_NNN.pt) to keep, the newest; 0: every epoch's. last.pt (what
+    --resume reads) is always kept. A 1 % finetune runs 100 epochs: 100 snapshots of the whole model."""
 
 
 class Task(Protocol):
@@ -173,6 +176,8 @@ def _check(cfg: TrainConfig, env: D.DistEnv, n_samples: int) -> tuple[int, int]:
     for name in ("epochs", "batch_size", "grad_accum", "log_every"):
         if getattr(cfg, name) < 1:
             raise OccfeatError(f"train.{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.keep_snapshots < 0:
+        raise OccfeatError(f"train.keep_snapshots must be >= 0 (0 keeps every epoch's snapshot), got {cfg.keep_snapshots}")
     if cfg.amp not in ("auto", "bf16", "off"):
         raise OccfeatError(f"train.amp={cfg.amp!r} is not one of auto, bf16, off")
     if cfg.batch_size % env.world_size:
@@ -268,7 +273,12 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
         # A failed write (full disk, read-only folder) leaves the previous last.pt whole: say how to go on from it.
         then = f"rerun with --resume (it continues from step {ckpt_step})"
         if epoch_done:  # weights-only snapshot per epoch (what finetune --init can point at)
-            atomic_save(state, ckpt_dir / f"epoch_{step // steps_per_epoch:03d}.pt", then)
+            epoch = step // steps_per_epoch
+            atomic_save(state, ckpt_dir / f"epoch_{epoch:03d}.pt", then)
+            if cfg.keep_snapshots > 0:  # only the newest keep_snapshots
+                for old in ckpt_dir.glob("epoch_*.pt"):
+                    if old.stem[6:].isdigit() and int(old.stem[6:]) <= epoch - cfg.keep_snapshots:
+                        old.unlink(missing_ok=True)
         state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=_rng_state())
         atomic_save(state, ckpt_dir / "last.pt", then)
         return ckpt_dir / "last.pt"
