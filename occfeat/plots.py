@@ -29,7 +29,7 @@ def plot_iou_vs_fraction(summary: pd.DataFrame, path: Path) -> Path:
     palette = plt.cm.tab10 if len(keys) <= 10 else plt.cm.tab20
     colors = {k: palette(i % palette.N) for i, k in enumerate(keys)}
     markers = {k: "o" if len(keys) <= 10 else "os^Dv<>PX*"[i % 10] for i, k in enumerate(keys)}
-    legend_h = 0.2 * len(keys) + 0.3
+    legend_h = 0.21 * len(keys) + 0.4
     longest = max((len(_row_label(dict(zip(row, k)))) for k in keys), default=0)
     width = max(6 * len(tasks), 0.062 * longest + 1.5)  # the legend's longest label fits (8 pt)
     fig, axes = plt.subplots(1, len(tasks), figsize=(width, 4.2 + legend_h), squeeze=False)
