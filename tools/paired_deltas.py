@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -71,15 +72,16 @@ def plot(table: pd.DataFrame, path: Path, title: str) -> None:
         sub = table[table["fraction"] == f].set_index("pair").reindex(pairs)
         y = np.arange(len(pairs)) + (k - (len(fractions) - 1) / 2) * height
         n = sub["n"].dropna()
-        label = f"{100 * f:g} % ({int(n.max()) if len(n) else 0} seeds)"
+        seeds = int(n.max()) if len(n) else 0
+        label = f"{100 * f:g} % ({seeds} seed{'s' if seeds != 1 else ''})"
         ax.barh(y, sub["mean"], height, xerr=sub["std"].fillna(0), capsize=2, label=label, color=plt.cm.tab10(k))
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(np.arange(len(pairs)), pairs, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("paired IoU difference A − B (x100), mean ± std over seeds")
-    ax.set_title(title, fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
