@@ -252,3 +252,8 @@ def test_semi_supervised_runs_through_the_cli_and_record_their_unlabelled_frames
     assert res.exit_code == 2 and "none is left unlabelled" in res.output and "\n" not in res.output.strip()
     with pytest.raises(OccfeatError, match="add distill.unlabelled=true"):
         resolve_config(CAMERA, "vehicle", 0.1, ["distill.method=pseudo", f"distill.teacher={lidar_teacher}"])
+    pseudo = ["distill.method=pseudo", f"distill.teacher={lidar_teacher}", "distill.unlabelled=true"]
+    with pytest.raises(OccfeatError, match="no effect with method=pseudo"):
+        resolve_config(CAMERA, "vehicle", 0.1, [*pseudo, "distill.weight=2"])
+    with pytest.raises(OccfeatError, match="pseudo_threshold=1.5 must be between 0 and 1"):
+        resolve_config(CAMERA, "vehicle", 0.1, [*pseudo, "distill.pseudo_threshold=1.5"])
