@@ -137,13 +137,17 @@ def wide_table(summary: pd.DataFrame) -> pd.DataFrame:
     order = sorted(rows, key=lambda k: (k[0], k[1], k[2], not k[3].startswith(NONE), k[3], k[4] != "0", k[4]))
     table = pd.DataFrame([{c: rows[k].get(c, "-") for c in columns} for k in order], columns=columns)
     table.index = pd.MultiIndex.from_tuples(order, names=["Architecture", "Backbone", "Input", "BEV pretraining", PRIOR])
+    if all(k[4] == "0" for k in order):  # no teacher trained on labels: the legend says so in one line
+        table.index = table.index.droplevel(PRIOR)
     return table
 
 
 def legend(summary: pd.DataFrame) -> list[str]:
     """Footnote lines for the marks present, plus how to read the cells."""
+    prior = PRIOR_NOTE if (summary["prior"] != "0").any() else \
+        f"{PRIOR}: none in any row (random init or self-supervised pretraining; no teacher trained on labels)."
     lines = ["IoU x100 over the val split; (N labelled): labelled samples each run finetuned on; "
-             "several seeds: mean ± std; (±x): delta against the None row.", PRIOR_NOTE]
+             "several seeds: mean ± std; (±x): delta against the None row.", prior]
     lines += [f"{mark} {text}" for flag, mark, text in MARKS if summary[flag].any()]
     return lines
 

@@ -56,7 +56,7 @@ def test_table_has_means_std_and_deltas_against_none(tmp_path):
     assert table.loc[occ_row, "Vehicles 1% (281 labelled)"] == "24.5 ± 0.7 (+10.8)"
     assert table.loc[occ_row, "Map 10% (2813 labelled)"] == "33.7 (+5.6)"
     md = (tmp_path / "report" / "table.md").read_text()
-    assert "24.5 ± 0.7 (+10.8)" in md and "| Architecture |" in md and "labelled samples each run finetuned on" in md and "| Labels before finetuning |" in md
+    assert "24.5 ± 0.7 (+10.8)" in md and "| Architecture |" in md and "labelled samples each run finetuned on" in md and "Labels before finetuning: none in any row" in md and "| Labels before finetuning |" not in md
     names = {p.name for p in out["files"]}
     assert {"table.csv", "summary.csv", "iou_vs_fraction.png", "samples-occfeat-m10.png"} <= names
     assert (tmp_path / "report" / "iou_vs_fraction.png").stat().st_size > 1000
