@@ -1,0 +1,97 @@
+"""Perspective-view targets for BEVFormer v2's auxiliary head (perspective supervision): 3D boxes
+projected into one camera → dense per-pixel targets. Pure numpy/cv2, no torch.
+
+:func:`box_targets` draws, for the boxes of one sample and one camera:
+
+- ``vehicle`` (H, W) bool: pixels whose centre lies inside (or on the edge of) the projection of a box
+  (the convex hull of its projected corners, after clipping the box at the near plane, so a box that
+  reaches behind the camera is cut there rather than dropped or flipped);
+- ``box_id`` (H, W) int32: n + 1 of the box drawn at the pixel (0 outside); where boxes overlap the
+  nearest one (smallest centre depth) wins, as in an image;
+- ``depth`` (H, W) float32: that box's centre depth in the camera (m; 0 outside) — v2's depth target is
+  the depth of the projected 3D centre;
+- ``ltrb`` (4, H, W) float32: the pixel centre's distances to the left / top / right / bottom edges of
+  that box's 2D bounding box (FCOS's regression target; 0 outside);
+- ``centerness`` (H, W) float32: FCOS's sqrt(min(l, r) / max(l, r) · min(t, b) / max(t, b)).
+
+Pixel convention: pixel (row i, column j) has its centre at (u, v) = (j + 0.5, i + 0.5), as in
+:func:`occfeat.geometry.scale_intrinsics`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+NEAR = 0.1  # m: boxes are clipped at this depth before projecting
+
+
+def clip_to_near(corners_cam: np.ndarray, near: float = NEAR) -> np.ndarray:
+    """(8, 3) box corners in the camera frame → the vertices (M, 3) of the box cut at z = ``near``: the
+    corners in front plus where every segment between a front and a rear corner crosses the plane (their
+    convex hull is the clipped box whatever the corner order). (0, 3) when the box is wholly behind."""
+    front = corners_cam[:, 2] >= near
+    pts = [corners_cam[front]]
+    for a in corners_cam[front]:
+        for b in corners_cam[~front]:
+            t = (near - a[2]) / (b[2] - a[2])
+            pts.append((a + t * (b - a))[None])
+    return np.concatenate(pts) if pts else np.zeros((0, 3))
+
+
+def _inside_hull(hull: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixel centres (u, v) inside (or on) the convex polygon ``hull`` (K, 2), tested only
+    inside its bounding rectangle (cv2's polygon fill would also take the pixels its outline touches)."""
+    H, W = u.shape
+    m = np.zeros((H, W), bool)
+    a, b = hull, np.roll(hull, -1, axis=0)
+    area2 = float(np.sum(a[:, 0] * b[:, 1] - b[:, 0] * a[:, 1]))
+    if len(hull) < 3 or abs(area2) < 1e-12:
+        return m
+    (left, top), (right, bottom) = hull.min(axis=0), hull.max(axis=0)
+    r0, r1 = max(0, int(np.floor(top))), min(H, int(np.ceil(bottom)) + 1)
+    c0, c1 = max(0, int(np.floor(left))), min(W, int(np.ceil(right)) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return m
+    pu, pv = u[r0:r1, c0:c1], v[r0:r1, c0:c1]
+    cross = ((b[:, 0] - a[:, 0])[:, None, None] * (pv - a[:, 1, None, None])
+             - (b[:, 1] - a[:, 1])[:, None, None] * (pu - a[:, 0, None, None]))
+    m[r0:r1, c0:c1] = np.all(cross * np.sign(area2) >= 0, axis=0)
+    return m
+
+
+def box_targets(corners_ego: np.ndarray, centres_ego: np.ndarray, cam_T_ego: np.ndarray, K: np.ndarray,
+                hw: tuple[int, int], near: float = NEAR) -> dict[str, np.ndarray]:
+    """Dense perspective targets of boxes ``corners_ego`` (N, 8, 3) with centres ``centres_ego`` (N, 3)
+    (ego frame) in the camera ``cam_T_ego`` (4, 4) with intrinsics ``K`` (3, 3) and image size ``hw``.
+    Boxes whose centre is behind ``near`` are skipped (v2 keeps boxes whose projected centre exists)."""
+    H, W = hw
+    out = {"vehicle": np.zeros((H, W), bool), "box_id": np.zeros((H, W), np.int32), "depth": np.zeros((H, W), np.float32),
+           "ltrb": np.zeros((4, H, W), np.float32), "centerness": np.zeros((H, W), np.float32)}
+    if len(corners_ego) == 0:
+        return out
+    R, t = cam_T_ego[:3, :3], cam_T_ego[:3, 3]
+    corners = corners_ego @ R.T + t
+    centres = centres_ego @ R.T + t
+    v, u = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5
+    for n in np.argsort(-centres[:, 2]):  # far to near: the nearest box is painted last
+        if centres[n, 2] < near:
+            continue
+        pts = clip_to_near(corners[n], near)
+        uv = pts[:, :2] @ K[:2, :2].T / pts[:, 2:3] + K[:2, 2]
+        left, top = uv.min(axis=0)
+        right, bottom = uv.max(axis=0)
+        if right <= 0 or bottom <= 0 or left >= W or top >= H:
+            continue
+        m = _inside_hull(cv2.convexHull(uv.astype(np.float32))[:, 0].astype(np.float64), u, v)
+        if not m.any():
+            continue
+        out["box_id"][m] = n + 1
+        out["depth"][m] = centres[n, 2]
+        ltrb = np.stack([u - left, v - top, right - u, bottom - v])
+        out["ltrb"][:, m] = ltrb[:, m]
+        lr, tb = ltrb[[0, 2]].clip(min=1e-6), ltrb[[1, 3]].clip(min=1e-6)
+        centerness = np.sqrt(lr.min(0) / lr.max(0) * tb.min(0) / tb.max(0))
+        out["centerness"][m] = centerness[m]
+    out["vehicle"] = out["box_id"] > 0
+    return out
