@@ -14,6 +14,10 @@ projected into one camera → dense per-pixel targets. Pure numpy/cv2, no torch.
   that box's 2D bounding box (FCOS's regression target; 0 outside);
 - ``centerness`` (H, W) float32: FCOS's sqrt(min(l, r) / max(l, r) · min(t, b) / max(t, b)).
 
+:func:`ground_targets` draws the map task's: each pixel's ray meets the ground plane, and the BEV map
+masks at that point become the pixel's classes — unless the LiDAR depth at the pixel says something
+stands in front of the ground there (occluded: no map class).
+
 Pixel convention: pixel (row i, column j) has its centre at (u, v) = (j + 0.5, i + 0.5), as in
 :func:`occfeat.geometry.scale_intrinsics`.
 """
@@ -95,3 +99,33 @@ def box_targets(corners_ego: np.ndarray, centres_ego: np.ndarray, cam_T_ego: np.
         out["centerness"][m] = centerness[m]
     out["vehicle"] = out["box_id"] > 0
     return out
+
+
+def ground_targets(masks: np.ndarray, grid, cam_T_ego: np.ndarray, K: np.ndarray, hw: tuple[int, int],
+                   ground_z: float = 0.0, lidar_depth: np.ndarray | None = None, tolerance: float = 0.5) -> dict[str, np.ndarray]:
+    """Per-camera map targets: ``masks`` (C, X, Y) bool on ``grid`` (ego frame) seen from the camera
+    ``cam_T_ego`` / ``K`` at image size ``hw``. Returns ``map`` (C, H, W) bool — the classes of the cell
+    where the pixel's ray meets the plane z = ``ground_z`` — ``ground_depth`` (H, W) the depth of that
+    point (0 where the ray never meets the ground), and ``valid`` (H, W): False only where the ray meets
+    the ground outside the grid (unknown). With ``lidar_depth`` (H, W; 0 = no return) a pixel whose LiDAR
+    depth is more than ``tolerance`` m short of its ground depth is occluded: no map class (valid)."""
+    H, W = hw
+    C = masks.shape[0]
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64) + 0.5
+    rays_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)  # depth 1
+    ego_T_cam = np.linalg.inv(cam_T_ego)
+    origin, rays = ego_T_cam[:3, 3], rays_cam @ ego_T_cam[:3, :3].T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = (ground_z - origin[2]) / rays[..., 2]  # the depth at which the ray meets the ground
+    hits = np.isfinite(s) & (s > 0)
+    xy = origin[:2] + np.where(hits, s, 0.0)[..., None] * rays[..., :2]
+    cell = np.floor((xy - grid.lower[:2]) / grid.voxel_size[:2]).astype(np.int64)
+    X, Y = masks.shape[1:]
+    inside = hits & (cell[..., 0] >= 0) & (cell[..., 0] < X) & (cell[..., 1] >= 0) & (cell[..., 1] < Y)
+    out_map = np.zeros((C, H, W), bool)
+    ix, iy = cell[..., 0][inside], cell[..., 1][inside]
+    out_map[:, inside] = masks[:, ix, iy]
+    if lidar_depth is not None:
+        occluded = inside & (lidar_depth > 0) & (lidar_depth < s - tolerance)
+        out_map[:, occluded] = False
+    return {"map": out_map, "ground_depth": np.where(hits, s, 0.0).astype(np.float32), "valid": ~(hits & ~inside)}
