@@ -156,3 +156,41 @@ def region_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, fg: t
     se = ((student.float() - teacher.detach().float()) ** 2).sum(dim=1)  # (B, X, Y)
     alpha = fg.float() * alpha_fg + fp.float() * alpha_fp + bg.float() * alpha_bg
     return (alpha * scale.float() * attention.detach().float() * se).sum() / student.shape[0]
+
+
+def component_sizes(mask: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) or (B, X, Y, Z) bool → float32 of the same shape: the size in voxels of the
+    face-connected occupied region each voxel belongs to (per sample), 0 outside — balanced OccFeat's
+    "box area" for voxels."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    batch = mask if mask.ndim == 4 else mask[None]
+    out = np.zeros(batch.shape, np.float32)
+    for b, m in enumerate(batch):
+        labels, n = ndimage.label(m)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float32)
+        sizes[0] = 0.0
+        out[b] = sizes[labels]
+    return out if mask.ndim == 4 else out[0]
+
+
+def balanced_occupancy_weights(occupied: torch.Tensor, predicted: torch.Tensor, alpha_fg: float, alpha_fp: float,
+                               alpha_bg: float, threshold: float = 0.5) -> torch.Tensor:
+    """Balanced OccFeat's per-voxel weights (DistillBEV's decomposition, label-free): regions from LiDAR
+    — foreground = occupied voxels, false positive = voxels LiDAR says free that the student calls
+    occupied (``predicted`` probability > ``threshold``), background = the rest — each with DistillBEV's
+    scale (1 / sqrt(size of the voxel's occupied component) on foreground, 1 / N of the region per sample
+    elsewhere) and its α. occupied (B, X, Y, Z) bool, predicted (B, X, Y, Z) in [0, 1] (detached)
+    → (B, X, Y, Z) float32, no gradient."""
+    occ = occupied.bool()
+    fp = ~occ & (predicted.detach() > threshold)
+    bg = ~occ & ~fp
+    sizes = torch.from_numpy(component_sizes(occ.cpu().numpy())).to(predicted.device)
+    w = torch.zeros(occ.shape, dtype=torch.float32, device=predicted.device)
+    w = torch.where(occ, alpha_fg / sizes.clamp(min=1.0).sqrt(), w)
+    dims = tuple(range(1, occ.ndim))
+    n_fp = fp.sum(dim=dims, keepdim=True).clamp(min=1).float()
+    n_bg = bg.sum(dim=dims, keepdim=True).clamp(min=1).float()
+    w = torch.where(fp, alpha_fp / n_fp, w)
+    return torch.where(bg, alpha_bg / n_bg, w)

@@ -100,3 +100,21 @@ def test_region_distillation_loss_weights_each_region():
     assert loss.item() == pytest.approx(6e-3)
     loss.backward()
     assert student.grad[0, 0, 0, 0].item() == pytest.approx(-2 * 6e-3) and student.grad[0, 0, 0, 1].item() == 0
+
+
+def test_balanced_occupancy_weights_on_a_hand_made_grid():
+    from occfeat.distillation import balanced_occupancy_weights, component_sizes
+
+    occ = torch.zeros(1, 4, 4, 2, dtype=torch.bool)
+    occ[0, 0, 0:2, 0] = True  # a 2-voxel object
+    occ[0, 3, 0:2, :] = True  # a 4-voxel object (two voxels stacked on two)
+    pred = torch.zeros(1, 4, 4, 2)
+    pred[0, 2, 3, 1] = 0.9  # the student calls a free voxel occupied: the one false positive
+    pred[0, 0, 0, 0] = 0.9  # occupied and predicted: still foreground
+    assert component_sizes(occ[0].numpy())[0, 1, 0] == 2 and component_sizes(occ.numpy())[0, 3, 1, 1] == 4
+    w = balanced_occupancy_weights(occ, pred, alpha_fg=1.0, alpha_fp=2.0, alpha_bg=3.0)
+    assert torch.isclose(w[0, 0, 0, 0], torch.tensor(1 / 2**0.5)) and torch.isclose(w[0, 3, 1, 1], torch.tensor(0.5))
+    assert w[0, 2, 3, 1] == 2.0  # α_fp / N_fp with N_fp = 1
+    n_bg = 32 - 6 - 1
+    assert torch.isclose(w[0, 1, 1, 1], torch.tensor(3.0 / n_bg))
+    assert torch.isclose(w[0][~occ[0]].sum(), torch.tensor(2.0 + 3.0))  # each non-foreground region sums to its α
