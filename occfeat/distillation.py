@@ -159,20 +159,15 @@ def region_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, fg: t
 
 
 def component_sizes(mask: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) or (B, X, Y, Z) bool → float32 of the same shape: the size in voxels of the
-    face-connected occupied region each voxel belongs to (per sample), 0 outside — balanced OccFeat's
-    "box area" for voxels."""
+    """A mask of one sample, any number of dimensions (BEV cells (X, Y), voxels (X, Y, Z)) → float32 of
+    its shape: the size in cells of the face-connected region each cell belongs to (4-connected in 2D),
+    0 outside. DistillBEV's "box area" where there are no boxes: map regions, occupied components."""
     from scipy import ndimage
 
-    mask = np.asarray(mask, bool)
-    batch = mask if mask.ndim == 4 else mask[None]
-    out = np.zeros(batch.shape, np.float32)
-    for b, m in enumerate(batch):
-        labels, n = ndimage.label(m)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float32)
-        sizes[0] = 0.0
-        out[b] = sizes[labels]
-    return out if mask.ndim == 4 else out[0]
+    labels, n = ndimage.label(np.asarray(mask, bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float32)
+    sizes[0] = 0.0
+    return sizes[labels]
 
 
 def balanced_occupancy_weights(occupied: torch.Tensor, predicted: torch.Tensor, alpha_fg: float, alpha_fp: float,
@@ -186,7 +181,7 @@ def balanced_occupancy_weights(occupied: torch.Tensor, predicted: torch.Tensor, 
     occ = occupied.bool()
     fp = ~occ & (predicted.detach() > threshold)
     bg = ~occ & ~fp
-    sizes = torch.from_numpy(component_sizes(occ.cpu().numpy())).to(predicted.device)
+    sizes = torch.from_numpy(np.stack([component_sizes(m) for m in occ.cpu().numpy()])).to(predicted.device)
     w = torch.zeros(occ.shape, dtype=torch.float32, device=predicted.device)
     w = torch.where(occ, alpha_fg / sizes.clamp(min=1.0).sqrt(), w)
     dims = tuple(range(1, occ.ndim))

@@ -35,12 +35,8 @@ def clip_to_near(corners_cam: np.ndarray, near: float = NEAR) -> np.ndarray:
     corners in front plus where every segment between a front and a rear corner crosses the plane (their
     convex hull is the clipped box whatever the corner order). (0, 3) when the box is wholly behind."""
     front = corners_cam[:, 2] >= near
-    pts = [corners_cam[front]]
-    for a in corners_cam[front]:
-        for b in corners_cam[~front]:
-            t = (near - a[2]) / (b[2] - a[2])
-            pts.append((a + t * (b - a))[None])
-    return np.concatenate(pts) if pts else np.zeros((0, 3))
+    crossings = [a + (near - a[2]) / (b[2] - a[2]) * (b - a) for a in corners_cam[front] for b in corners_cam[~front]]
+    return np.concatenate([corners_cam[front], np.reshape(crossings, (-1, 3))])
 
 
 def _inside_hull(hull: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -92,11 +88,11 @@ def box_targets(corners_ego: np.ndarray, centres_ego: np.ndarray, cam_T_ego: np.
             continue
         out["box_id"][m] = n + 1
         out["depth"][m] = centres[n, 2]
-        ltrb = np.stack([u - left, v - top, right - u, bottom - v])
-        out["ltrb"][:, m] = ltrb[:, m]
+        pu, pv = u[m], v[m]  # only the box's pixels
+        ltrb = np.stack([pu - left, pv - top, right - pu, bottom - pv])
+        out["ltrb"][:, m] = ltrb
         lr, tb = ltrb[[0, 2]].clip(min=1e-6), ltrb[[1, 3]].clip(min=1e-6)
-        centerness = np.sqrt(lr.min(0) / lr.max(0) * tb.min(0) / tb.max(0))
-        out["centerness"][m] = centerness[m]
+        out["centerness"][m] = np.sqrt(lr.min(0) / lr.max(0) * tb.min(0) / tb.max(0))
     out["vehicle"] = out["box_id"] > 0
     return out
 
@@ -109,6 +105,8 @@ def ground_targets(masks: np.ndarray, grid, cam_T_ego: np.ndarray, K: np.ndarray
     point (0 where the ray never meets the ground), and ``valid`` (H, W): False only where the ray meets
     the ground outside the grid (unknown). With ``lidar_depth`` (H, W; 0 = no return) a pixel whose LiDAR
     depth is more than ``tolerance`` m short of its ground depth is occluded: no map class (valid)."""
+    from occfeat.data.gt import grid_coords
+
     H, W = hw
     C = masks.shape[0]
     v, u = np.mgrid[0:H, 0:W].astype(np.float64) + 0.5
@@ -119,7 +117,7 @@ def ground_targets(masks: np.ndarray, grid, cam_T_ego: np.ndarray, K: np.ndarray
         s = (ground_z - origin[2]) / rays[..., 2]  # the depth at which the ray meets the ground
     hits = np.isfinite(s) & (s > 0)
     xy = origin[:2] + np.where(hits, s, 0.0)[..., None] * rays[..., :2]
-    cell = np.floor((xy - grid.lower[:2]) / grid.voxel_size[:2]).astype(np.int64)
+    cell = np.floor(grid_coords(xy, grid) + 0.5).astype(np.int64)  # cell centres at integers
     X, Y = masks.shape[1:]
     inside = hits & (cell[..., 0] >= 0) & (cell[..., 0] < X) & (cell[..., 1] >= 0) & (cell[..., 1] < Y)
     out_map = np.zeros((C, H, W), bool)

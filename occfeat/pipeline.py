@@ -244,7 +244,7 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     teacher_recipe = recipe_path(cfg.teacher_recipe) if cfg.distillations else None
     entry_overrides: dict[str, list[str]] = {}
     if teacher_recipe is not None:
-        from occfeat.train.distill_config import study_overrides
+        from occfeat.train.distill_config import UNLABELLED, study_overrides
 
         entry_overrides = {e: study_overrides(e) for e in cfg.distillations}
         stray = [e for e in cfg.privileged if e not in cfg.distillations]
@@ -352,7 +352,7 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
                     init = inits[name, pretrain_seed_for(cfg, seed)]
                     finetune(out / "finetune" / run_name(task, name, fraction, seed), ft_recipe, task, fraction, seed, init, [])
                     for entry, overrides in entry_overrides.items():
-                        if fraction >= 1 and "distill.unlabelled=true" in overrides:
+                        if fraction >= 1 and UNLABELLED in overrides:
                             continue  # every frame is labelled: nothing to add
                         for tag, teacher in teachers.items():
                             if tag and entry not in cfg.privileged:

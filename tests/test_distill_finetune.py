@@ -201,7 +201,8 @@ def test_the_vehicle_loss_reads_nothing_an_unlabelled_frame_carries():
 def test_unlabelled_frames_take_their_masks_from_the_teacher(lidar_teacher, test_grid):
     from occfeat.distillation import dense_distillation_loss
     from occfeat.models import build_network
-    from occfeat.train.distill import DistillConfig, Distiller, component_areas, load_teacher
+    from occfeat.distillation import component_sizes
+    from occfeat.train.distill import DistillConfig, Distiller, load_teacher
     from occfeat.train.finetune import with_pseudo_labels
     from tests.test_models import tiny_batch, tiny_cfg
 
@@ -221,7 +222,7 @@ def test_unlabelled_frames_take_their_masks_from_the_teacher(lidar_teacher, test
     db = Distiller(DistillConfig(method="distillbev", teacher=str(lidar_teacher), stages=("bev",)), student, teacher, "vehicle")
     predicted = probs.amax(1) > 0.5
     as_if = {**batch, "labelled": torch.tensor([True]), "target": predicted[:, None],
-             "box_area": torch.from_numpy(component_areas(predicted[0].numpy()))[None]}
+             "box_area": torch.from_numpy(component_sizes(predicted[0].numpy()))[None]}
     torch.testing.assert_close(db(bev, batch)[0], db(bev, as_if)[0])
     assert not torch.equal(db(bev, batch)[0], db(bev, {**batch, "labelled": torch.tensor([True])})[0])
     # pseudo-labels: no feature term; the thresholded predictions replace the unlabelled frame's target only

@@ -111,7 +111,7 @@ def test_balanced_occupancy_weights_on_a_hand_made_grid():
     pred = torch.zeros(1, 4, 4, 2)
     pred[0, 2, 3, 1] = 0.9  # the student calls a free voxel occupied: the one false positive
     pred[0, 0, 0, 0] = 0.9  # occupied and predicted: still foreground
-    assert component_sizes(occ[0].numpy())[0, 1, 0] == 2 and component_sizes(occ.numpy())[0, 3, 1, 1] == 4
+    assert component_sizes(occ[0].numpy())[0, 1, 0] == 2 and component_sizes(occ[0].numpy())[3, 1, 1] == 4
     w = balanced_occupancy_weights(occ, pred, alpha_fg=1.0, alpha_fp=2.0, alpha_bg=3.0)
     assert torch.isclose(w[0, 0, 0, 0], torch.tensor(1 / 2**0.5)) and torch.isclose(w[0, 3, 1, 1], torch.tensor(0.5))
     assert w[0, 2, 3, 1] == 2.0  # α_fp / N_fp with N_fp = 1

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from occfeat.distillation import (
-    dense_distillation_loss, foreground_gaussians, info_nce, region_distillation_loss, region_masks, scale_factors,
+    component_sizes, dense_distillation_loss, foreground_gaussians, info_nce, region_distillation_loss, region_masks, scale_factors,
     spatial_attention,
 )
 from occfeat.errors import OccfeatError
@@ -117,17 +117,6 @@ class BoxMaps:
         ids = footprint_ids(c, grid, self.gt.cfg.vehicle_rule)  # instance n + 1 per cell, 0 outside
         area = np.concatenate([[0.0], length * width / (vx * vy)]).astype(np.float32)
         return {"distill_fg": fg, "box_area": area[ids]}
-
-
-def component_areas(mask: np.ndarray) -> np.ndarray:
-    """(X, Y) float32: the size in cells of the 4-connected region of ``mask`` each cell belongs to, 0
-    outside (the map task's "box area")."""
-    import cv2
-
-    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)
-    sizes = np.bincount(labels.ravel(), minlength=n).astype(np.float32)
-    sizes[0] = 0.0
-    return np.where(mask, sizes[labels], 0.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------- the loss (model side)
@@ -252,8 +241,8 @@ class Distiller(nn.Module):
 
     @staticmethod
     def _map_areas(fg: torch.Tensor) -> torch.Tensor:
-        """(B, X, Y) bool → the size in cells of each cell's connected region (:func:`component_areas`)."""
-        areas = [torch.from_numpy(component_areas(m)) for m in fg.detach().cpu().numpy()]
+        """(B, X, Y) bool → the size in cells of each cell's connected region (:func:`component_sizes`)."""
+        areas = [torch.from_numpy(component_sizes(m)) for m in fg.detach().cpu().numpy()]
         return torch.stack(areas).to(fg.device)
 
 

@@ -15,6 +15,9 @@ STAGES = ("layer1", "layer2", "layer3", "bev")
 DEFAULT_WEIGHT = {"bevdistill": 0.01, "distillbev": 1.0, "pseudo": 1.0}  # BEVDistill's loss_weight; DistillBEV's α carry its scale
 
 
+UNLABELLED = "distill.unlabelled=true"  # the override of study entries that use the unlabelled frames
+
+
 def study_overrides(entry: str) -> list[str]:
     """The finetune overrides of a study's distillation entry: a method ("bevdistill", "distillbev"), the
     same on the unlabelled frames too ("bevdistill-semi", "distillbev-semi"), or "pseudo" (pseudo-labels
@@ -24,7 +27,7 @@ def study_overrides(entry: str) -> list[str]:
         choices = ", ".join(m + s for m in METHODS[1:3] for s in ("", "-semi"))
         raise OccfeatError(f"distillations entry {entry!r}: each must be one of {choices}, pseudo")
     semi = variant == "semi" or method == "pseudo"
-    return [f"distill.method={method}", *(["distill.unlabelled=true"] if semi else [])]
+    return [f"distill.method={method}", *([UNLABELLED] if semi else [])]
 
 
 @dataclass
