@@ -143,3 +143,58 @@ class MapSegLoss(nn.Module):
     def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ce = segmentation_loss(out["segmentation"], batch["target"], batch["valid"][:, None])
         return ce, {"loss": ce.detach(), "loss_ce": ce.detach()}
+
+
+# ---------------------------------------------------------------- perspective supervision (BEVFormer v2)
+
+FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0  # v2's FCOS3D-style class loss (focal, alpha 0.25, gamma 2)
+DEPTH_BETA = 0.05  # v2's smooth-L1 beta
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, alpha: float = FOCAL_ALPHA,
+                       gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017) summed over the valid pixels and normalised by the number of positive
+    pixels (at least 1), as FCOS does. logits / target (..., C, H, W); valid (..., H, W) bool."""
+    x, t = logits.float(), target.float()
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** gamma * (alpha * t + (1 - alpha) * (1 - t))
+    v = valid.unsqueeze(-3).to(loss.dtype)
+    return (loss * v).sum() / ((t * v).sum()).clamp(min=1.0)
+
+
+def iou_loss(pred_ltrb: torch.Tensor, target_ltrb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """FCOS's box loss, -log IoU of the boxes (l, t, r, b) around each masked pixel, mean over the mask.
+    pred / target (..., 4, H, W) non-negative distances; mask (..., H, W) bool. 0 (attached) when empty."""
+    p, t = pred_ltrb.float().movedim(-3, -1)[mask], target_ltrb.float().movedim(-3, -1)[mask]  # (M, 4)
+    if len(p) == 0:
+        return pred_ltrb.sum() * 0.0
+    area_p = (p[:, 0] + p[:, 2]) * (p[:, 1] + p[:, 3])
+    area_t = (t[:, 0] + t[:, 2]) * (t[:, 1] + t[:, 3])
+    inter = (torch.minimum(p[:, 0], t[:, 0]) + torch.minimum(p[:, 2], t[:, 2])) * (torch.minimum(p[:, 1], t[:, 1]) + torch.minimum(p[:, 3], t[:, 3]))
+    iou = (inter + 1.0) / (area_p + area_t - inter + 1.0)  # FCOS's +1 smoothing
+    return -torch.log(iou).mean()
+
+
+def perspective_vehicle_loss(out: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+    """The perspective head's vehicle terms on (B, S, ·, h, w) maps (:class:`occfeat.models.PerspectiveHead`
+    outputs ``class``, ``centerness``, ``ltrb`` (log-distances), ``depth`` (log-metres)) against the
+    ``pv_*`` targets (:class:`occfeat.perspective.PerspectiveTargets`): focal class loss over all pixels,
+    and on the positive pixels BCE centerness, IoU box loss and smooth-L1 (beta 0.05) log-depth. Returns
+    {"focal", "centerness", "box", "depth"}, the sum being the head's loss (v2 / FCOS weight each 1)."""
+    valid = batch["pv_valid"].bool()
+    pos = batch["pv_target"][:, :, 0].bool() & valid
+    focal = sigmoid_focal_loss(out["class"], batch["pv_target"], valid)
+    ctr = _masked_mean(F.binary_cross_entropy_with_logits(out["centerness"][:, :, 0].float(), batch["pv_centerness"].float(),
+                                                          reduction="none"), pos)
+    box = iou_loss(out["ltrb"].float().exp(), batch["pv_ltrb"], pos)
+    depth = _masked_mean(F.smooth_l1_loss(out["depth"][:, :, 0].float(), batch["pv_depth"].float().clamp(min=1e-3).log(),
+                                          beta=DEPTH_BETA, reduction="none"), pos)
+    return {"focal": focal, "centerness": ctr, "box": box, "depth": depth}
+
+
+def perspective_map_loss(out: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+    """The perspective head's map term: BCE per class over the valid pixels, as the BEV map loss."""
+    valid = batch["pv_valid"].bool().unsqueeze(2)
+    return {"ce": segmentation_loss(out["class"].flatten(0, 1), batch["pv_target"].flatten(0, 1), valid.flatten(0, 1))}

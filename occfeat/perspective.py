@@ -60,11 +60,32 @@ def _inside_hull(hull: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return m
 
 
+def box_corners(bottom: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(N, 8, 3) corners of boxes given their bottom face ``bottom`` (N, 4, 3) and centres (N, 3), in any
+    frame: the top face is the bottom one moved by twice the bottom-centre → centre vector."""
+    up = 2.0 * (centres - bottom.mean(axis=1))[:, None]
+    return np.concatenate([bottom, bottom + up], axis=1)
+
+
+def visible_fraction(hull: np.ndarray, hw: tuple[int, int]) -> float:
+    """Share of the area of the convex polygon ``hull`` (K, 2) that lies inside the image [0, W] x [0, H]."""
+    H, W = hw
+    area = cv2.contourArea(hull.astype(np.float32))
+    if area <= 0:
+        return 0.0
+    image = np.array([[0, 0], [W, 0], [W, H], [0, H]], np.float32)
+    inside, _ = cv2.intersectConvexConvex(hull.astype(np.float32), image)
+    return float(inside) / float(area)
+
+
 def box_targets(corners_ego: np.ndarray, centres_ego: np.ndarray, cam_T_ego: np.ndarray, K: np.ndarray,
-                hw: tuple[int, int], near: float = NEAR) -> dict[str, np.ndarray]:
+                hw: tuple[int, int], near: float = NEAR, min_visible: float = 0.0) -> dict[str, np.ndarray]:
     """Dense perspective targets of boxes ``corners_ego`` (N, 8, 3) with centres ``centres_ego`` (N, 3)
     (ego frame) in the camera ``cam_T_ego`` (4, 4) with intrinsics ``K`` (3, 3) and image size ``hw``.
-    Boxes whose centre is behind ``near`` are skipped (v2 keeps boxes whose projected centre exists)."""
+    Boxes whose centre is behind ``near`` are skipped (v2 keeps boxes whose projected centre exists), so
+    are boxes with less than ``min_visible`` of their projected area inside the image (v2's visibility
+    ≥ 0.2, read per camera). A box too small to hold a pixel centre still marks the pixel its projected
+    centre falls in (FCOS's centre sampling: every kept box gets a positive)."""
     H, W = hw
     out = {"vehicle": np.zeros((H, W), bool), "box_id": np.zeros((H, W), np.int32), "depth": np.zeros((H, W), np.float32),
            "ltrb": np.zeros((4, H, W), np.float32), "centerness": np.zeros((H, W), np.float32)}
@@ -83,9 +104,16 @@ def box_targets(corners_ego: np.ndarray, centres_ego: np.ndarray, cam_T_ego: np.
         right, bottom = uv.max(axis=0)
         if right <= 0 or bottom <= 0 or left >= W or top >= H:
             continue
-        m = _inside_hull(cv2.convexHull(uv.astype(np.float32))[:, 0].astype(np.float64), u, v)
-        if not m.any():
+        hull = cv2.convexHull(uv.astype(np.float32))[:, 0].astype(np.float64)
+        if min_visible > 0 and visible_fraction(hull, hw) < min_visible:
             continue
+        m = _inside_hull(hull, u, v)
+        if not m.any():
+            c = centres[n, :2] @ K[:2, :2].T / centres[n, 2] + K[:2, 2]
+            col, row = int(np.floor(c[0])), int(np.floor(c[1]))
+            if not (0 <= row < H and 0 <= col < W):
+                continue
+            m[row, col] = True
         out["box_id"][m] = n + 1
         out["depth"][m] = centres[n, 2]
         pu, pv = u[m], v[m]  # only the box's pixels
@@ -127,3 +155,70 @@ def ground_targets(masks: np.ndarray, grid, cam_T_ego: np.ndarray, K: np.ndarray
         occluded = inside & (lidar_depth > 0) & (lidar_depth < s - tolerance)
         out_map[:, occluded] = False
     return {"map": out_map, "ground_depth": np.where(hits, s, 0.0).astype(np.float32), "valid": ~(hits & ~inside)}
+
+
+def lidar_depth_image(points_ego: np.ndarray, cam_T_ego: np.ndarray, K: np.ndarray, hw: tuple[int, int],
+                      near: float = NEAR) -> np.ndarray:
+    """(H, W) float32: the depth of the nearest of ``points_ego`` (N, 3) that projects into each pixel of
+    the camera ``cam_T_ego`` / ``K`` (0 where none does): a sparse LiDAR depth map."""
+    H, W = hw
+    pts = points_ego @ cam_T_ego[:3, :3].T + cam_T_ego[:3, 3]
+    pts = pts[pts[:, 2] > near]
+    uv = pts[:, :2] @ K[:2, :2].T / pts[:, 2:3] + K[:2, 2]
+    col, row = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
+    keep = (col >= 0) & (col < W) & (row >= 0) & (row < H)
+    flat, depth = row[keep] * W + col[keep], pts[keep, 2]
+    out = np.full(H * W, np.inf)
+    np.minimum.at(out, flat, depth)
+    out[~np.isfinite(out)] = 0.0
+    return out.reshape(H, W).astype(np.float32)
+
+
+class PerspectiveTargets:
+    """One sample's perspective targets for all its cameras at the image encoder's resolution (what the
+    finetuning head predicts), drawn in the DataLoader worker. Picklable.
+
+    ``__call__(token, cam_T_ego (S, 4, 4) raw ego → camera, K (S, 3, 3) of the network's input images,
+    input_hw, stride)`` → ``pv_target`` (S, C, h, w) float32, ``pv_valid`` (S, h, w) bool and, for
+    vehicles (``boxes``: the split's :class:`occfeat.data.gt.BoxTable`), ``pv_centerness`` (S, h, w),
+    ``pv_ltrb`` (S, 4, h, w) in feature pixels and ``pv_depth`` (S, h, w) in metres; h, w = input / stride.
+    Vehicles: boxes with at least ``min_lidar_points`` LiDAR points (unknown counts are kept) and at least
+    ``min_visible`` of their projection inside the image (v2's filter). Map (``map_gt``: token →
+    {"target": (C, X, Y)} in the ego frame on ``grid``; ``lidar``: token → :class:`SweepJob`): the classes
+    where each pixel's ray meets the ground, none where the LiDAR sees something nearer."""
+
+    def __init__(self, grid, boxes=None, map_gt=None, lidar: dict | None = None, min_lidar_points: int = 3,
+                 min_visible: float = 0.2, tolerance: float = 0.5):
+        if (boxes is None) == (map_gt is None):
+            raise ValueError("PerspectiveTargets needs exactly one of boxes (vehicle) and map_gt (map)")
+        self.grid, self.boxes, self.map_gt, self.lidar = grid, boxes, map_gt, lidar
+        self.min_lidar_points, self.min_visible, self.tolerance = min_lidar_points, min_visible, tolerance
+
+    def __call__(self, token: str, cam_T_ego: np.ndarray, K: np.ndarray, input_hw: tuple[int, int], stride: int) -> dict:
+        from occfeat.geometry import scale_intrinsics
+
+        hw = (input_hw[0] // stride, input_hw[1] // stride)
+        Ks = scale_intrinsics(np.asarray(K, np.float64), 1.0 / stride, 1.0 / stride)
+        if self.boxes is not None:
+            bottom, centres, _ = self.boxes[token]
+            pts = self.boxes.lidar_points(token)
+            keep = (pts < 0) | (pts >= self.min_lidar_points)
+            corners = box_corners(bottom[keep], centres[keep])
+            per_cam = [box_targets(corners, centres[keep], cam_T_ego[s], Ks[s], hw, min_visible=self.min_visible)
+                       for s in range(len(Ks))]
+            out = {"pv_target": np.stack([t["vehicle"][None] for t in per_cam]).astype(np.float32),
+                   "pv_valid": np.ones((len(Ks), *hw), bool)}
+            for key, name in (("centerness", "pv_centerness"), ("ltrb", "pv_ltrb"), ("depth", "pv_depth")):
+                out[name] = np.stack([t[key] for t in per_cam])
+            return out
+        masks = self.map_gt(token)["target"]
+        points = None
+        if self.lidar is not None:
+            from occfeat.data.voxelize import job_points
+
+            points = job_points(self.lidar[token]).astype(np.float64)
+        per_cam = []
+        for s in range(len(Ks)):
+            depth = lidar_depth_image(points, cam_T_ego[s], Ks[s], hw) if points is not None else None
+            per_cam.append(ground_targets(masks, self.grid, cam_T_ego[s], Ks[s], hw, lidar_depth=depth, tolerance=self.tolerance))
+        return {"pv_target": np.stack([t["map"] for t in per_cam]).astype(np.float32), "pv_valid": np.stack([t["valid"] for t in per_cam])}

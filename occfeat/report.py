@@ -52,6 +52,12 @@ def distillation_label(d: dict) -> str:
     return f" + {d.get('label', d.get('method'))}" if d else ""
 
 
+def extra_head_label(d: dict) -> str:
+    """The row-label suffix of a run finetuned with an extra head (``d`` = metrics.json's ``extra_head``),
+    e.g. " (+ perspective head)"; "" without."""
+    return f" (+ {d.get('label', d.get('kind'))})" if d else ""
+
+
 def prior_labels(d: dict, labelled: int) -> str:
     """The labels a run saw before finetuning (``d`` = metrics.json's ``distillation``, ``labelled`` =
     the run's labelled frames): "0" without a teacher; "p % (LiDAR teacher)" when the teacher saw exactly
@@ -73,7 +79,7 @@ def load_run(run_dir: str | Path) -> dict:
         "arch": m.arch,
         "backbone": m.backbone,
         "input": "×".join(str(v) for v in m.input_size) if m.backbone != "none" else "LiDAR",  # no image backbone: the LiDAR teacher
-        "pretraining": m.pretraining.row_label() + distillation_label(m.distillation),
+        "pretraining": m.pretraining.row_label() + distillation_label(m.distillation) + extra_head_label(m.extra_head),
         "prior": prior_labels(m.distillation, m.labelled_samples),
         "task": m.task,
         "fraction": m.fraction,

@@ -232,13 +232,14 @@ def vehicle_targets(
 
 # ---------------------------------------------------------------- the split's vehicle boxes
 
-BOX_FORMAT = 1
+BOX_FORMAT = 2  # 2: with each box's num_lidar_pts (perspective targets filter on it)
 
 
 @dataclass
 class BoxTable:
     """Every ``vehicle.*`` box of a split in its key frame's ego frame: ``corners`` (M, 4, 3) bottom face
-    in order around it, ``centres`` (M, 3), ``visibility`` (M,) token strings; sample ``tokens[i]`` owns
+    in order around it, ``centres`` (M, 3), ``visibility`` (M,) token strings, ``lidar_pts`` (M,) the
+    annotation's ``num_lidar_pts`` (-1 when unknown); sample ``tokens[i]`` owns
     rows ``start[i]:start[i+1]``. A few MB for nuScenes trainval: cheap to send to every worker."""
 
     tokens: list[str]
@@ -246,9 +247,12 @@ class BoxTable:
     corners: np.ndarray
     centres: np.ndarray
     visibility: np.ndarray
+    lidar_pts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._row = {t: i for i, t in enumerate(self.tokens)}
+        if self.lidar_pts is None:
+            self.lidar_pts = np.full(len(self.centres), -1, np.int64)
 
     def __getitem__(self, token: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(corners (n, 4, 3), centres (n, 3), visibility (n,)) of one sample, ego frame."""
@@ -258,10 +262,15 @@ class BoxTable:
         a, b = self.start[i], self.start[i + 1]
         return self.corners[a:b], self.centres[a:b], self.visibility[a:b]
 
+    def lidar_points(self, token: str) -> np.ndarray:
+        """(n,) the ``num_lidar_pts`` of one sample's boxes (-1: unknown), in the order of ``self[token]``."""
+        i = self._row[token]
+        return self.lidar_pts[self.start[i]:self.start[i + 1]]
+
     def save(self, path: Path, spec: dict) -> None:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # per process: side-by-side runs may both save
         np.savez(tmp, tokens=np.array(self.tokens), start=self.start, corners=self.corners, centres=self.centres,
-                 visibility=self.visibility, spec=np.array(json.dumps(spec, sort_keys=True)))
+                 visibility=self.visibility, lidar_pts=self.lidar_pts, spec=np.array(json.dumps(spec, sort_keys=True)))
         os.replace(tmp, path)
 
     @classmethod
@@ -272,11 +281,12 @@ class BoxTable:
         with np.load(path) as f:
             if json.loads(str(f["spec"])) != json.loads(json.dumps(spec)):
                 return None
-            return cls([str(t) for t in f["tokens"]], f["start"], f["corners"], f["centres"], f["visibility"])
+            return cls([str(t) for t in f["tokens"]], f["start"], f["corners"], f["centres"], f["visibility"], f["lidar_pts"])
 
 
 def vehicle_boxes(index, rec) -> list:
-    """The key frame's ``vehicle.*`` devkit Boxes in the ego frame, each with ``.visibility`` set."""
+    """The key frame's ``vehicle.*`` devkit Boxes in the ego frame, each with ``.visibility`` and
+    ``.num_lidar_pts`` set."""
     from pyquaternion import Quaternion
 
     nusc = index.nusc
@@ -288,7 +298,8 @@ def vehicle_boxes(index, rec) -> list:
             continue
         box.rotate(rot)
         box.translate(ego_T_global[:3, 3])
-        box.visibility = nusc.get("sample_annotation", box.token)["visibility_token"]
+        ann = nusc.get("sample_annotation", box.token)
+        box.visibility, box.num_lidar_pts = ann["visibility_token"], int(ann.get("num_lidar_pts", -1))
         out.append(box)
     return out
 
@@ -309,15 +320,16 @@ def box_table(index, folder: str | Path | None = None, progress: bool = False) -
         table = BoxTable.load(path, spec)
         if table is not None:
             return table
-    starts, corners, centres, vis = [0], [], [], []
+    starts, corners, centres, vis, pts = [0], [], [], [], []
     for token in tqdm(index.tokens, desc=f"vehicle boxes ({index.split})", disable=not progress):
         for b in vehicle_boxes(index, index.record(token)):
             corners.append(b.bottom_corners().T)  # (4, 3), in order around the bottom face
             centres.append(b.center)
             vis.append(str(b.visibility))
+            pts.append(b.num_lidar_pts)
         starts.append(len(corners))
     table = BoxTable(list(index.tokens), np.array(starts, dtype=np.int64), np.array(corners, dtype=np.float64).reshape(-1, 4, 3),
-                     np.array(centres, dtype=np.float64).reshape(-1, 3), np.array(vis, dtype="U8"))
+                     np.array(centres, dtype=np.float64).reshape(-1, 3), np.array(vis, dtype="U8"), np.array(pts, dtype=np.int64))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         table.save(path, spec)

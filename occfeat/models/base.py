@@ -134,8 +134,14 @@ class BevNetwork(nn.Module):
             raise TypeError(f"network arch '{arch}' of {cls.__qualname__} is already taken by {other.__module__}.{other.__qualname__}")
         _NETWORKS[arch] = cls
 
-    def forward_bev(self, batch: dict) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:  # pragma: no cover - abstract
+        """(F_B (B, N_B, X, Y), the image encoder's features (B, S, C, Hf, Wf) at its finest stride, aligned
+        with the unflipped input images; None for a network without images): what perspective heads read."""
         raise NotImplementedError
+
+    def forward_bev(self, batch: dict) -> torch.Tensor:
+        """batch → F_B (B, N_B, X, Y)."""
+        return self.forward_features(batch)[0]
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Same as forward_bev, so DDP and hooks wrap the network like any module."""

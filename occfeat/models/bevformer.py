@@ -246,8 +246,8 @@ class BevFormer(BevNetwork):
             ))
         return views, count
 
-    def forward_bev(self, batch: dict) -> torch.Tensor:
-        """batch (see occfeat.models.base) → F_B (B, N_B, X, Y)."""
+    def forward_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """batch (see occfeat.models.base) → (F_B (B, N_B, X, Y), image features (B, S, C_img, Hf, Wf))."""
         images, K, cam_T_ego = unpack_batch(batch)
         B = images.shape[0]
         X, Y, _ = self.grid.shape
@@ -258,4 +258,4 @@ class BevFormer(BevNetwork):
             q = layer(q, self.pos, self.ref, (X, Y), feats, views, count)
         bev = q.transpose(1, 2).reshape(B, self.bev_channels, X, Y)
         flips = batch.get("flip_bev")
-        return flip_bev(self.decoder(flip_bev(bev, flips)), flips)  # back in the grid's frame before any head
+        return flip_bev(self.decoder(flip_bev(bev, flips)), flips), feats  # F_B back in the grid's frame before any head

@@ -97,3 +97,24 @@ class InstanceHeads(nn.Module):
 
     def forward(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"center": torch.sigmoid(self.center(bev)), "offset": self.offset(bev)}
+
+
+class PerspectiveHead(nn.Module):
+    """A light dense head on the image encoder's features (BEVFormer v2's perspective head, FCOS-style):
+    a shared tower of two conv3x3 + InstanceNorm + ReLU, then one 1x1 conv per output.
+    feats (B, S, C, h, w) → {name: (B, S, channels, h, w)} for ``outputs`` {name: channels}. Trained
+    beside the BEV loss and thrown away after training."""
+
+    def __init__(self, in_channels: int, outputs: dict[str, int], hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or in_channels
+        self.tower = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.InstanceNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.InstanceNorm2d(hidden), nn.ReLU(inplace=True),
+        )
+        self.outputs = nn.ModuleDict({name: nn.Conv2d(hidden, c, 1) for name, c in outputs.items()})
+
+    def forward(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        B, S = feats.shape[:2]
+        x = self.tower(feats.flatten(0, 1))
+        return {name: conv(x).unflatten(0, (B, S)) for name, conv in self.outputs.items()}

@@ -67,3 +67,6 @@ class LidarBev(BevNetwork):
         flips = batch.get("flip_bev")
         x = flip_bev(occ.permute(0, 3, 1, 2).float(), flips)
         return flip_bev(self.decoder(self.compress(x)), flips)
+
+    def forward_features(self, batch: dict) -> tuple[torch.Tensor, None]:
+        return self.forward_bev(batch), None  # no images

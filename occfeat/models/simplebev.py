@@ -50,11 +50,11 @@ class SimpleBev(BevNetwork):
         )
         self.decoder = BevDecoder(cfg.bev_channels)
 
-    def forward_bev(self, batch: dict) -> torch.Tensor:
-        """batch (see occfeat.models.base) → F_B (B, N_B, X, Y)."""
+    def forward_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """batch (see occfeat.models.base) → (F_B (B, N_B, X, Y), image features (B, S, C, Hf, Wf))."""
         images, K, cam_T_ego = unpack_batch(batch)
         feats = encode_with_flips(self.encoder, images, batch.get("flip_image"))  # (B, S, C, Hf, Wf)
         volume = self.lift(feats, K, cam_T_ego, tuple(images.shape[-2:]))  # (B, C, Z, X, Y)
         flips = batch.get("flip_bev")
         bev = self.compress(flip_bev(volume, flips).flatten(1, 2))
-        return flip_bev(self.decoder(bev), flips)  # back in the grid's frame before any head
+        return flip_bev(self.decoder(bev), flips), feats  # F_B back in the grid's frame before any head

@@ -33,6 +33,7 @@ from occfeat.models import InstanceHeads, build_network, registered_networks
 from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
 from occfeat.train.distill import BoxMaps, Distiller, Teacher, load_teacher
 from occfeat.train.evaluate import evaluate, write_samples
+from occfeat.train.extra_heads import ExtraHead
 from occfeat.train.finetune_config import (  # noqa: F401 - re-exported: the finetune API
     FinetuneConfig, config_as_dict, config_from_dict, resolve_config, upgrade_config_dict,
 )
@@ -41,6 +42,7 @@ from occfeat.train.labels import LABELLED_TOKENS, read_tokens, select_labelled, 
 from occfeat.train.loop import fit, load_checkpoint
 from occfeat.train.records import FinetuneMetrics, PretrainingStamp, Provenance
 from occfeat.files import writing
+from occfeat.perspective import PerspectiveTargets
 from occfeat.train.rundir import read_jsonl, rewrite_jsonl, run_started
 
 
@@ -57,22 +59,29 @@ class FinetuneModel(nn.Module):
     teacher is held outside the parameters). batch → {"segmentation" (B, C, X, Y) logits, + "center",
     "offset", + the distillation terms}."""
 
-    def __init__(self, segmentation: SegmentationModel, task: str, distiller: Distiller | None = None):
+    def __init__(self, segmentation: SegmentationModel, task: str, distiller: Distiller | None = None, extra: ExtraHead | None = None):
         super().__init__()
         self.segmentation = segmentation
         self.aux = InstanceHeads(segmentation.network.bev_channels) if task == "vehicle" else None
         self.objective = TASK_LOSSES[task]()
         self.distiller = distiller
+        self.extra = extra
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """With a distiller, also its terms (``loss_distill``, ``loss_nce``): computed inside forward so
-        that DDP sees the adapters used."""
-        bev = self.segmentation.network.forward_bev(batch)
+        """With a distiller, also its terms (``loss_distill``, ``loss_nce``), with an extra head its
+        ``loss_extra`` (+ ``log_*`` parts): computed inside forward so that DDP sees every head used."""
+        network = self.segmentation.network
+        if self.extra is not None and self.extra.needs_images:
+            bev, image_feats = network.forward_features(batch)
+        else:
+            bev, image_feats = network.forward_bev(batch), None
         out = {"segmentation": self.segmentation.head(bev)}
         if self.aux is not None:
             out.update(self.aux(bev))
         if self.distiller is not None:
             out.update(self.distiller(bev, batch)[1])
+        if self.extra is not None:
+            out.update(self.extra(bev, image_feats, batch))
         return out
 
 
@@ -83,11 +92,23 @@ class SegmentationDataset(CameraDataset):
     :class:`occfeat.data.gt_cache.SegmentationGt`."""
 
     def __init__(self, rigs: list[CameraRig], gt, input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0,
-                 lidar: LidarGrid | None = None, box_maps: BoxMaps | None = None):  # fmt: skip
+                 lidar: LidarGrid | None = None, box_maps: BoxMaps | None = None,
+                 perspective: PerspectiveTargets | None = None, stride: int = 8):  # fmt: skip
         super().__init__(rigs, input_hw, augment, seed)
         self.gt = gt
         self.lidar = lidar
         self.box_maps = box_maps
+        self.perspective, self.stride = perspective, stride
+
+    def __getitem__(self, i: int) -> dict:
+        """The camera item and targets; with ``perspective`` also its per-camera ``pv_*`` targets at the
+        encoder's resolution (input / ``stride``), drawn with this item's (augmented) intrinsics."""
+        item = super().__getitem__(i)
+        if self.perspective is not None:
+            rig = self.rigs[i]
+            pv = self.perspective(rig.token, rig.cam_T_ego, item["K"].numpy(), self.input_hw, self.stride)
+            item.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in pv.items()})
+        return item
 
     def targets(self, rig: CameraRig, ref_T_ego: np.ndarray | None = None) -> dict:
         """Targets drawn exactly in frame R = ``ref_T_ego`` (4, 4) applied to the ego frame; None = ego.
@@ -155,7 +176,9 @@ def segmentation_set(
         lidar = LidarGrid(records, cfg.grid, teacher.sweeps)
     if teacher is not None and cfg.task == "vehicle":
         box_maps = BoxMaps(gt.source, cfg.distill.sigma)
-    dataset = SegmentationDataset(rigs, gt, cfg.input_size, augment, seed=cfg.train.seed, lidar=lidar, box_maps=box_maps)
+    perspective = perspective_targets(cfg, gt, records) if train and cfg.extra_head.kind == "perspective" else None
+    dataset = SegmentationDataset(rigs, gt, cfg.input_size, augment, seed=cfg.train.seed, lidar=lidar, box_maps=box_maps,
+                                  perspective=perspective, stride=min(cfg.network.encoder_strides))
     if not unlabelled:
         return dataset
     first = records[0].token  # a labelled frame gives the shapes
@@ -165,6 +188,18 @@ def segmentation_set(
     blind = SegmentationDataset([camera_rig(rec) for rec in records], NoLabels(template), cfg.input_size, augment,
                                 seed=cfg.train.seed, lidar=lidar)
     return SemiSupervisedSet(dataset, blind)
+
+
+def perspective_targets(cfg: FinetuneConfig, gt, records) -> PerspectiveTargets:
+    """The perspective head's target builder for ``records``: the vehicle box table behind ``gt``, or
+    the map masks with each sample's key-frame LiDAR sweep for the occlusion rule."""
+    from occfeat.data.voxelize import sweep_job
+
+    e = cfg.extra_head
+    if cfg.task == "vehicle":
+        return PerspectiveTargets(cfg.grid, boxes=gt.source.boxes, min_lidar_points=e.min_lidar_points, min_visible=e.min_visibility)
+    return PerspectiveTargets(cfg.grid, map_gt=gt, lidar={rec.token: sweep_job(rec, 1) for rec in records},
+                              tolerance=e.occlusion_tolerance)
 
 
 class FinetuneTask:
@@ -180,7 +215,11 @@ class FinetuneTask:
         self.cfg, self.segmentation, self.train_set, self.stamp = cfg, model, train_set, stamp
         torch.manual_seed(cfg.train.seed + 1)  # the auxiliary heads: same recipe and seed, same weights
         aux_distiller = Distiller(cfg.distill, model.network, teacher, cfg.task) if teacher is not None else None
-        self.model = FinetuneModel(model, cfg.task, aux_distiller)
+        extra = None
+        if cfg.extra_head.enabled:
+            extra = ExtraHead(cfg.extra_head, cfg.task, len(task_classes(cfg.task, cfg.gt)), model.network.bev_channels,
+                              cfg.network.image_channels)
+        self.model = FinetuneModel(model, cfg.task, aux_distiller, extra)
 
     def collate(self, items: list) -> dict:
         # a semi-supervised item is a [labelled, unlabelled] pair: one batch of both
@@ -192,17 +231,19 @@ class FinetuneTask:
         if pseudo is not None:  # the pseudo-label baseline: the teacher's predictions become the unlabelled frames' targets
             batch = with_pseudo_labels(batch, pseudo)
         total, terms = self.model.objective(out, batch)
-        extra = {k: v for k, v in out.items() if k.startswith("loss_")}  # the distillation terms
+        extra = {k: v for k, v in out.items() if k.startswith("loss_")}  # the distillation terms, the extra head's
+        logged = {k[len("log_"):]: v for k, v in out.items() if k.startswith("log_")}
         if extra:
             total = total + sum(extra.values())
-            terms = {**terms, **{k: v.detach() for k, v in extra.items()}, "loss": total.detach()}
+            terms = {**terms, **{k: v.detach() for k, v in extra.items()}, **logged, "loss": total.detach()}
         return total, terms
 
     def checkpoint_payload(self) -> dict:
         m = self.model
         distill = {"distill": m.distiller.state_dict()} if m.distiller is not None else {}
+        extra = {"extra": m.extra.state_dict()} if m.extra is not None else {}
         return {"model": m.segmentation.state_dict(), "aux": m.aux.state_dict() if m.aux is not None else {},
-                "objective": m.objective.state_dict(), **distill, **self.stamp}
+                "objective": m.objective.state_dict(), **distill, **extra, **self.stamp}
 
     def load_checkpoint_payload(self, payload: dict) -> None:
         if "objective" not in payload:
@@ -213,6 +254,8 @@ class FinetuneTask:
         self.model.objective.load_state_dict(payload["objective"])
         if self.model.distiller is not None:
             self.model.distiller.load_state_dict(payload["distill"])
+        if self.model.extra is not None:
+            self.model.extra.load_state_dict(payload["extra"])
 
     def config_dict(self) -> dict:
         # What was loaded and from where is part of the run's identity: --resume refuses a change.
@@ -261,6 +304,7 @@ def finetune_metrics(
         backbone=cfg.network.backbone if "images" in registered_networks()[cfg.network.arch].inputs else "none",
         input_size=tuple(cfg.input_size), classes=list(task_classes(cfg.task, cfg.gt)),
         pretraining=pretraining, provenance=provenance, **result, **where,
+        extra_head={"kind": e.kind, "label": e.label, "weight": e.weight} if (e := cfg.extra_head).enabled else {},
     )
 
 

@@ -14,6 +14,7 @@ from occfeat.grid import BevGrid
 from occfeat.models import NetworkConfig, SimpleBevConfig, upgrade_network_dict
 from occfeat.train.data import AugmentConfig
 from occfeat.train.distill_config import DistillConfig
+from occfeat.train.extra_heads import ExtraHeadConfig
 from occfeat.train.labels import FINETUNE_OPTIM, FRACTION_DEFAULTS, check_fraction, fraction_defaults
 from occfeat.train.loop import TrainConfig
 
@@ -37,6 +38,9 @@ class FinetuneConfig:
     gt: GtConfig = field(default_factory=GtConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     """Cross-modal distillation from a LiDAR teacher while finetuning (BEVDistill / DistillBEV); off by default."""
+    extra_head: ExtraHeadConfig = field(default_factory=ExtraHeadConfig)
+    """A head trained beside the BEV loss and dropped at test time: BEVFormer v2's perspective head or its
+    control, a second BEV head (:mod:`occfeat.train.extra_heads`); off by default."""
     eval_every: int = 0
     """Also evaluate on the val split every this many epochs (0: only after training)."""
     eval_batch_size: int = 4
@@ -62,6 +66,10 @@ def resolve_config(
     check_task(cfg.task)
     check_fraction(cfg.fraction)
     cfg.distill.check()
+    cfg.extra_head.check()
+    if cfg.extra_head.enabled and cfg.distill.enabled and cfg.distill.unlabelled:
+        raise OccfeatError(f"extra_head.kind={cfg.extra_head.kind} trains on labels, which the unlabelled frames of "
+                           "distill.unlabelled do not have; drop one of the two")
     return cfg
 
 

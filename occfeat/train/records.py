@@ -13,7 +13,8 @@
     pretraining {label, objectives {name: {weight, ...}}, epochs, run},
     provenance {synthetic_data, backbone_random_init, teacher_random_init, teacher_standin, backbone, teacher},
     dataroot, version, step, epoch, checkpoint,
-    distillation {method, label, teacher_run, teacher_fraction, teacher_seed, teacher_labelled, privileged}
+    distillation {method, label, teacher_run, teacher_fraction, teacher_seed, teacher_labelled, privileged},
+    extra_head {kind, label, weight}
 
 Files written before these records (``pretraining {mode, lambda, epochs}`` + ``init_run``) are still
 read, through :func:`legacy_pretraining_stamp`.
@@ -206,6 +207,9 @@ class FinetuneMetrics:
     """Cross-modal distillation while finetuning ({} without): method, label, teacher_run, teacher_fraction,
     teacher_seed, teacher_labelled (frames the teacher was trained on), privileged (it saw labelled
     frames this run did not)."""
+    extra_head: dict = field(default_factory=dict)
+    """The head trained beside the BEV loss and dropped at test time ({} without): kind, label, weight
+    (:mod:`occfeat.train.extra_heads`)."""
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -229,6 +233,7 @@ class FinetuneMetrics:
         m.mean_iou, m.iou = float(m.mean_iou), {str(k): float(v) for k, v in m.iou.items()}
         m.step, m.epoch, m.threshold = int(m.step), float(m.epoch), float(m.threshold)
         m.distillation = dict(m.distillation or {})
+        m.extra_head = dict(m.extra_head or {})
         if m.task not in TASKS:
             raise ValueError(f"unknown task '{m.task}' (expected {', '.join(TASKS)})")
         if len(m.input_size) != 2 or not 0 < m.fraction <= 1 or not (0 <= m.mean_iou <= 1 or math.isnan(m.mean_iou)):
