@@ -171,20 +171,23 @@ def component_sizes(mask: np.ndarray) -> np.ndarray:
 
 
 def balanced_occupancy_weights(occupied: torch.Tensor, predicted: torch.Tensor, alpha_fg: float, alpha_fp: float,
-                               alpha_bg: float, threshold: float = 0.5) -> torch.Tensor:
+                               alpha_bg: float, threshold: float = 0.5, attention: torch.Tensor | None = None) -> torch.Tensor:
     """Balanced OccFeat's per-voxel weights (DistillBEV's decomposition, label-free): regions from LiDAR
     — foreground = occupied voxels, false positive = voxels LiDAR says free that the student calls
-    occupied (``predicted`` probability > ``threshold``), background = the rest — each with DistillBEV's
-    scale (1 / sqrt(size of the voxel's occupied component) on foreground, 1 / N of the region per sample
-    elsewhere) and its α. occupied (B, X, Y, Z) bool, predicted (B, X, Y, Z) in [0, 1] (detached)
-    → (B, X, Y, Z) float32, no gradient."""
+    occupied (``predicted`` probability > ``threshold``), background = the rest — each summing to its α
+    per sample. Inside the foreground DistillBEV's scale 1 / sqrt(size of the voxel's occupied component)
+    times ``attention`` (B, X, Y, Z; 1 when None) sets the shares, so a small object weighs as much as a
+    large one's sqrt; false-positive and background voxels share their α equally (1 / N).
+    occupied (B, X, Y, Z) bool, predicted (B, X, Y, Z) in [0, 1] → (B, X, Y, Z) float32, no gradient."""
     occ = occupied.bool()
     fp = ~occ & (predicted.detach() > threshold)
     bg = ~occ & ~fp
     sizes = torch.from_numpy(np.stack([component_sizes(m) for m in occ.cpu().numpy()])).to(predicted.device)
-    w = torch.zeros(occ.shape, dtype=torch.float32, device=predicted.device)
-    w = torch.where(occ, alpha_fg / sizes.clamp(min=1.0).sqrt(), w)
     dims = tuple(range(1, occ.ndim))
+    fg_share = torch.where(occ, sizes.clamp(min=1.0).rsqrt(), torch.zeros_like(sizes))
+    if attention is not None:
+        fg_share = fg_share * attention.detach().float()
+    w = alpha_fg * fg_share / fg_share.sum(dim=dims, keepdim=True).clamp(min=1e-12)
     n_fp = fp.sum(dim=dims, keepdim=True).clamp(min=1).float()
     n_bg = bg.sum(dim=dims, keepdim=True).clamp(min=1).float()
     w = torch.where(fp, alpha_fp / n_fp, w)

@@ -100,6 +100,13 @@ class StudyConfig:
     """Distillation entries to run once more at every fraction below 1 from the LiDAR teacher of fraction
     1 (same seed): the privileged upper bound of the seeds' setting (their teachers saw 100 % of the
     boxes), marked † in the report, never a low-label result (run dirs <task>-<pretraining>+<entry>-t100-f…)."""
+    extra_heads: tuple[str, ...] = ()
+    """Finetuning rows with a head trained beside the BEV loss and dropped at test time
+    (``occfeat.train.extra_heads``): "perspective" (BEVFormer v2's perspective supervision) and
+    "second-bev" (v2's control: a second BEV head at the same weight). Every pretraining of
+    ``extra_head_pretrainings`` is finetuned once more per entry (run dirs <task>-<pretraining>+<entry>-f…-s…)."""
+    extra_head_pretrainings: tuple[str, ...] = ()
+    """The ``pretrainings`` entries the extra-head rows start from; empty: all of them."""
     tasks: tuple[str, ...] = ("vehicle",)
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     seeds: tuple[int, ...] = (0,)
@@ -254,6 +261,14 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
         if tgrid != grid:
             raise OccfeatError(f"teacher_recipe {cfg.teacher_recipe} uses grid {tgrid.spec()}, the finetune recipe {grid.spec()}; "
                                "teacher and student must share the grid")
+    from occfeat.train.extra_heads import EXTRA_HEADS
+
+    bad = [e for e in cfg.extra_heads if e not in EXTRA_HEADS or e == "none"]
+    stray = [e for e in cfg.extra_head_pretrainings if e not in cfg.pretrainings]
+    if bad or stray:
+        raise OccfeatError(f"extra_heads {bad} must be among {', '.join(EXTRA_HEADS[1:])}" if bad else
+                           f"extra_head_pretrainings {stray}: each must also be in pretrainings {list(cfg.pretrainings)}")
+    with_extra = {pretraining_name(e) for e in (cfg.extra_head_pretrainings or cfg.pretrainings)}
     controls = {pretraining_name(entry) + CONTROL_SUFFIX for entry in cfg.random_teacher_controls}
     sources = {s for p in pretrainings.values() if p is not None for name in p.objectives for s in registry()[name].sources}
     out.mkdir(parents=True, exist_ok=True)
@@ -351,6 +366,9 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
                 for name in pretrainings:
                     init = inits[name, pretrain_seed_for(cfg, seed)]
                     finetune(out / "finetune" / run_name(task, name, fraction, seed), ft_recipe, task, fraction, seed, init, [])
+                    for entry in cfg.extra_heads if name in with_extra else ():
+                        finetune(out / "finetune" / run_name(task, f"{name}+{entry}", fraction, seed), ft_recipe, task, fraction,
+                                 seed, init, [f"extra_head.kind={entry}"])
                     for entry, overrides in entry_overrides.items():
                         if fraction >= 1 and UNLABELLED in overrides:
                             continue  # every frame is labelled: nothing to add

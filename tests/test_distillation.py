@@ -113,8 +113,15 @@ def test_balanced_occupancy_weights_on_a_hand_made_grid():
     pred[0, 0, 0, 0] = 0.9  # occupied and predicted: still foreground
     assert component_sizes(occ[0].numpy())[0, 1, 0] == 2 and component_sizes(occ[0].numpy())[3, 1, 1] == 4
     w = balanced_occupancy_weights(occ, pred, alpha_fg=1.0, alpha_fp=2.0, alpha_bg=3.0)
-    assert torch.isclose(w[0, 0, 0, 0], torch.tensor(1 / 2**0.5)) and torch.isclose(w[0, 3, 1, 1], torch.tensor(0.5))
+    fg_sum = 2 / 2**0.5 + 4 / 2  # each voxel's 1/sqrt(component size), over the foreground
+    assert torch.isclose(w[0, 0, 0, 0], torch.tensor(1 / 2**0.5 / fg_sum)) and torch.isclose(w[0, 3, 1, 1], torch.tensor(0.5 / fg_sum))
+    assert torch.isclose(w[0, 0, 0:2, 0].sum(), w[0, 3, 0:2, :].sum() / 2**0.5)  # the small object: 1/sqrt(2) of the large one's weight, not 1/2
+    assert torch.isclose(w[0][occ[0]].sum(), torch.tensor(1.0))
     assert w[0, 2, 3, 1] == 2.0  # α_fp / N_fp with N_fp = 1
     n_bg = 32 - 6 - 1
     assert torch.isclose(w[0, 1, 1, 1], torch.tensor(3.0 / n_bg))
     assert torch.isclose(w[0][~occ[0]].sum(), torch.tensor(2.0 + 3.0))  # each non-foreground region sums to its α
+    attention = torch.ones(1, 4, 4, 2)
+    attention[0, 0, 0, 0] = 3.0  # attention moves foreground weight within the region, not between regions
+    wa = balanced_occupancy_weights(occ, pred, alpha_fg=1.0, alpha_fp=2.0, alpha_bg=3.0, attention=attention)
+    assert torch.isclose(wa[0, 0, 0, 0], 3 * wa[0, 0, 1, 0]) and torch.isclose(wa[0][occ[0]].sum(), torch.tensor(1.0))

@@ -61,3 +61,69 @@ def test_map_pixels_take_the_class_of_the_ground_cell_their_ray_meets_unless_lid
     lidar[64, 50] = 10.0  # a return near the ground point (10.34 m): the ground itself, within the tolerance
     seen = ground_targets(masks, grid, cam_T_ego, K, (100, 100), lidar_depth=lidar)
     assert np.nonzero(seen["map"][0, :, 50])[0].tolist() == [64, 66] and seen["valid"][65, 50]
+
+
+def test_a_box_mostly_outside_the_image_is_dropped_and_a_tiny_one_keeps_its_centre_pixel():
+    # centred on the right image edge: half its projection is inside (kept at 0.2, dropped at 0.6)
+    edge = cube((10, -0.0 - 10 * 50 / 100 + 0.0, 0), 1)  # u = 50 + 100·(−y)/x = 100 at y = −5
+    centre = edge.mean(axis=0, keepdims=True)
+    assert box_targets(edge[None], centre, CAM_T_EGO, K, (100, 100), min_visible=0.2)["vehicle"].any()
+    assert not box_targets(edge[None], centre, CAM_T_EGO, K, (100, 100), min_visible=0.6)["vehicle"].any()
+    # 2 cm wide at 50 m: its hull holds no pixel centre, the pixel of its projected centre is marked
+    tiny = cube((50, 0.1, 0.1), 0.01)
+    out = box_targets(tiny[None], tiny.mean(axis=0, keepdims=True), CAM_T_EGO, K, (100, 100))
+    assert out["vehicle"].sum() == 1 and out["vehicle"][49, 49] and out["depth"][49, 49] == 50.0
+
+
+def test_box_corners_rebuild_the_top_face_in_any_frame():
+    from occfeat.perspective import box_corners
+
+    full = cube((3, 2, 1), 1)  # z in {0, 2}: bottom face at z = 0
+    bottom = full[full[:, 2] == 0][None]
+    got = box_corners(bottom, np.array([[3.0, 2.0, 1.0]]))[0]
+    assert sorted(map(tuple, got)) == sorted(map(tuple, full))
+
+
+def test_pixel_depth_bins_keep_the_nearest_point_per_pixel():
+    import torch
+
+    from occfeat.data.targets import pixel_depth_bins
+
+    # ego (x ahead) → camera; two points on the optical axis at 10 m and 12 m, one 70 m away (beyond the bins)
+    pts = torch.tensor([[[10.0, 0, 0], [12.0, 0, 0], [70.0, 0.0, 0.0], [5.0, 0, 0]]])
+    mask = torch.tensor([[True, True, True, False]])  # the 5 m point is padding
+    bins = pixel_depth_bins(pts, mask, torch.tensor(CAM_T_EGO).float()[None, None], torch.tensor(K).float()[None, None], (100, 100),
+                            (2.0, 58.0, 0.5))
+    assert bins.shape == (1, 1, 100, 100)
+    assert bins[0, 0, 50, 50] == (10.0 - 2.0) / 0.5  # the nearer of the two on the same pixel
+    assert (bins >= 0).sum() == 1  # the far point is past 58 m, the padded one ignored
+
+
+def test_pixel_feature_targets_map_a_cropped_resized_input_back_into_the_stored_image():
+    import torch
+
+    from occfeat.data.targets import pixel_feature_targets
+    from occfeat.geometry import crop_intrinsics, scale_intrinsics
+
+    H0, W0 = 20, 40  # the stored image; its teacher map holds feature = (u, v) of the stored pixel centre
+    v, u = torch.meshgrid(torch.arange(H0) + 0.5, torch.arange(W0) + 0.5, indexing="ij")
+    maps = torch.stack([u, v], dim=-1)[None, None]  # (1, 1, H0, W0, 2): one patch per pixel
+    K0 = torch.tensor([[30.0, 0, 20], [0, 30.0, 10], [0, 0, 1]])
+    K = crop_intrinsics(scale_intrinsics(K0, 0.5, 0.5), 2.0, 1.0)  # half size, then a crop 2 px in, 1 down
+    target, valid = pixel_feature_targets(maps, K0[None, None], torch.tensor([[[H0, W0]]]), K[None, None], (8, 16))
+    # feature pixel (i, j) has its centre at (j + 0.5 + 2, i + 0.5 + 1) in the half-size image, twice that in the stored one
+    assert torch.allclose(target[0, 0, 3, 5], torch.tensor([2 * (5.5 + 2), 2 * (3.5 + 1)]))
+    assert valid[0, 0, :, :].all()  # 16 + 2 < 20 columns, 8 + 1 < 10 rows: the crop stays inside
+
+
+def test_voxel_attention_is_one_outside_and_averages_one_inside_each_sample():
+    import torch
+
+    from occfeat.objectives.balanced import voxel_attention
+
+    mag = torch.tensor([1.0, 2.0, 3.0, 5.0])
+    sample = torch.tensor([0, 0, 1, 1])
+    valid = torch.tensor([True, True, True, False])
+    a = voxel_attention(mag, sample, valid, B=2, temperature=0.5)
+    assert torch.isclose(a[:2].mean(), torch.tensor(1.0)) and a[1] > a[0]  # the larger feature draws more weight
+    assert a[2] == 1.0 and a[3] == 1.0  # alone in its sample → 1; unseen → 1

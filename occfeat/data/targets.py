@@ -123,3 +123,53 @@ def voxel_feature_targets(
     valid = n_seen > 0
     target = target / n_seen.clamp(min=1)[:, None].float()
     return idx, target, valid
+
+
+def pixel_depth_bins(points: torch.Tensor, mask: torch.Tensor, cam_T_ego: torch.Tensor, K: torch.Tensor,
+                     hw: tuple[int, int], bins: tuple[float, float, float], near: float = 0.1) -> torch.Tensor:
+    """Per-pixel LiDAR depth bins of the perspective pretraining objective (BEVDepth's depth target).
+
+    points (B, M, 3) LiDAR points in the grid's frame R, mask (B, M) bool (real rows of the padding);
+    cam_T_ego (B, S, 4, 4) R → camera; K (B, S, 3, 3) of an image of size ``hw`` (H, W) (the encoder's
+    feature map: the input's intrinsics scaled by 1 / stride); bins (min, max, step) in metres.
+    Returns (B, S, H, W) long: the bin of the nearest point projecting into the pixel, -1 where no point
+    does or it lies outside [min, max)."""
+    B, S = cam_T_ego.shape[:2]
+    H, W = hw
+    pts = apply_4x4(cam_T_ego.float(), points.float()[:, None])  # (B, S, M, 3)
+    uv, front = project_points(K.float(), pts, min_depth=near)
+    col, row = uv[..., 0].floor().long(), uv[..., 1].floor().long()
+    ok = front & mask[:, None].bool() & (col >= 0) & (col < W) & (row >= 0) & (row < H)
+    view = torch.arange(B * S, device=pts.device).view(B, S, 1).expand_as(ok)
+    flat = (view * H * W + row * W + col)[ok]
+    depth = torch.full((B * S * H * W,), float("inf"), device=pts.device)
+    depth.scatter_reduce_(0, flat, pts[..., 2][ok], reduce="amin")
+    lo, hi, step = bins
+    idx = torch.floor((depth - lo) / step)
+    n = int(round((hi - lo) / step))
+    out = torch.where(torch.isfinite(depth) & (idx >= 0) & (idx < n), idx, torch.full_like(idx, -1))
+    return out.long().view(B, S, H, W)
+
+
+def pixel_feature_targets(features: torch.Tensor, K_orig: torch.Tensor, image_hw_orig: torch.Tensor, K: torch.Tensor,
+                          hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher feature under each pixel of an image of size ``hw`` with intrinsics K (B, S, 3, 3) (the
+    encoder's feature map of an augmented input), taken from the cached teacher maps features
+    (B, S, Hp, Wp, C) of the stored images (``K_orig``, ``image_hw_orig`` (B, S, 2) as (H, W)): the pixel
+    centre is moved into the stored image by K_orig · K⁻¹ (same camera, resized and cropped) and the map
+    sampled bilinearly there. Returns (target (B, S, H, W, C) float32, valid (B, S, H, W) bool: the pixel
+    centre falls inside the stored image — a crop's zero padding has no teacher feature)."""
+    B, S, Hp, Wp, C = features.shape
+    H, W = hw
+    v, u = torch.meshgrid(torch.arange(H, device=K.device) + 0.5, torch.arange(W, device=K.device) + 0.5, indexing="ij")
+    pix = torch.stack([u, v, torch.ones_like(u)], dim=-1).view(1, 1, H * W, 3).float()
+    M = K_orig.float() @ torch.linalg.inv(K.float())  # (B, S, 3, 3)
+    p = pix @ M.transpose(-1, -2)
+    uv = p[..., :2] / p[..., 2:3]  # (B, S, H*W, 2) in the stored image
+    wh = image_hw_orig.flip(-1).float()[:, :, None]  # (B, S, 1, 2) as (W, H)
+    valid = in_image(uv, wh[..., 0], wh[..., 1])
+    maps = features.flatten(0, 1).permute(0, 3, 1, 2).float()
+    grid = pixels_to_grid_sample(uv, wh).flatten(0, 1)[:, None]  # (B*S, 1, H*W, 2)
+    sampled = F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (B*S, C, 1, H*W)
+    target = sampled[:, :, 0].transpose(1, 2).reshape(B, S, H, W, C)
+    return target, valid.view(B, S, H, W)

@@ -11,7 +11,8 @@ after pretraining) with:
 - :meth:`inputs`: the per-sample inputs it needs, computed in the DataLoader worker in the sample's
   reference frame (:class:`SampleInput`; shared inputs such as the occupancy grid are computed once);
 - ``uses_volume``: whether it predicts on F_V, the output of the shared unsplat decoder D_V
-  (:class:`occfeat.models.UnsplatDecoder`), or only on F_B;
+  (:class:`occfeat.models.UnsplatDecoder`), or only on F_B; ``uses_images``: whether it predicts on the
+  image encoder's features (``ctx.image_features``, perspective objectives);
 - :meth:`forward` ``(ctx, batch) → {term: value}``: its loss terms as calls to pure functions, the first
   one being what its ``weight`` multiplies;
 - :meth:`stamp`: what a finetune run and the report say about it.
@@ -82,10 +83,11 @@ class SampleInput:
 
 
 class Context:
-    """What the objectives see of one forward pass: F_B, and F_V computed once when first asked for."""
+    """What the objectives see of one forward pass: F_B, F_V computed once when first asked for, and the
+    image encoder's features (B, S, C, h, w) when an objective ``uses_images``."""
 
-    def __init__(self, bev: torch.Tensor, decoder: nn.Module | None):
-        self.bev, self._decoder = bev, decoder
+    def __init__(self, bev: torch.Tensor, decoder: nn.Module | None, image_features: torch.Tensor | None = None):
+        self.bev, self._decoder, self.image_features = bev, decoder, image_features
 
     @cached_property
     def volume(self) -> torch.Tensor:
@@ -103,10 +105,11 @@ class Objective(nn.Module):
     Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
     sources: ClassVar[tuple[str, ...]] = ()
     uses_volume: ClassVar[bool] = False
+    uses_images: ClassVar[bool] = False
 
-    def __init__(self, cfg: ObjectiveConfig, grid: BevGrid, bev_channels: int):
+    def __init__(self, cfg: ObjectiveConfig, grid: BevGrid, bev_channels: int, image_channels: int = 128):
         super().__init__()
-        self.cfg, self.grid, self.bev_channels = cfg, grid, bev_channels
+        self.cfg, self.grid, self.bev_channels, self.image_channels = cfg, grid, bev_channels, image_channels
 
     @classmethod
     def resolve(cls, cfg: ObjectiveConfig, sources: Sources) -> ObjectiveConfig:

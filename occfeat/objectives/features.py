@@ -59,8 +59,8 @@ class Features(Objective):
             )
         return dataclasses.replace(cfg, feature_dim=have)
 
-    def __init__(self, cfg: FeaturesConfig, grid, bev_channels: int):
-        super().__init__(cfg, grid, bev_channels)
+    def __init__(self, cfg: FeaturesConfig, grid, bev_channels: int, image_channels: int = 128):
+        super().__init__(cfg, grid, bev_channels, image_channels)
         self.predictor = nn.Conv3d(bev_channels, cfg.feature_dim or 384, kernel_size=1)
 
     def inputs(self) -> list[SampleInput]:

@@ -85,8 +85,8 @@ class ImgAlso(Objective):
             raise OccfeatError(f"objectives.img_also.queries={cfg.queries} must be >= 3 (one per query group)")
         return cfg
 
-    def __init__(self, cfg: ImgAlsoConfig, grid, bev_channels: int):
-        super().__init__(cfg, grid, bev_channels)
+    def __init__(self, cfg: ImgAlsoConfig, grid, bev_channels: int, image_channels: int = 128):
+        super().__init__(cfg, grid, bev_channels, image_channels)
         self.decoder = AlsoDecoder(bev_channels, cfg.hidden, cfg.radius)
 
     def inputs(self) -> list[SampleInput]:

@@ -34,8 +34,8 @@ class Occupancy(Objective):
     sources = ("occupancy",)
     uses_volume = True
 
-    def __init__(self, cfg: OccupancyConfig, grid, bev_channels: int):
-        super().__init__(cfg, grid, bev_channels)
+    def __init__(self, cfg: OccupancyConfig, grid, bev_channels: int, image_channels: int = 128):
+        super().__init__(cfg, grid, bev_channels, image_channels)
         self.predictor = nn.Conv3d(bev_channels, 1, kernel_size=1)
 
     def inputs(self) -> list[SampleInput]:

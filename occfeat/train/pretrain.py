@@ -98,7 +98,11 @@ class PretrainModel(nn.Module):
         self.weights = dict(weights)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ctx = Context(self.network(batch), self.decoder)
+        if any(o.uses_images for o in self.objectives.values()):
+            bev, image_features = self.network.forward_features(batch)
+            ctx = Context(bev, self.decoder, image_features)
+        else:
+            ctx = Context(self.network(batch), self.decoder)
         total, terms = None, {}
         for name, objective in self.objectives.items():
             parts = objective(ctx, batch)
@@ -183,7 +187,7 @@ class PretrainTask:
 
         torch.manual_seed(cfg.train.seed)  # the same recipe and seed build the same initial weights
         network = build_network(cfg.network, cfg.grid)
-        objectives = {name: reg[name](c, cfg.grid, cfg.network.bev_channels) for name, c in resolved.items()}
+        objectives = {name: reg[name](c, cfg.grid, cfg.network.bev_channels, cfg.network.image_channels) for name, c in resolved.items()}
         uses_volume = any(o.uses_volume for o in objectives.values())
         decoder = UnsplatDecoder(cfg.network.bev_channels, cfg.grid.shape[2]) if uses_volume else None
         self.model = PretrainModel(network, decoder, objectives, {n: c.weight for n, c in resolved.items()})
