@@ -44,8 +44,9 @@ def test_every_pretrain_recipe_takes_two_steps(recipe, test_grid, synth_root, oc
 
 @pytest.mark.parametrize("arch", sorted(camera_networks()))
 def test_every_network_pretrains_two_steps(arch, test_grid, synth_root, occupancy_h5, features_h5):
-    task = make_task(None, test_grid, synth_root, occupancy_h5, features_h5, network={"arch": arch})
-    assert task.cfg.network.arch == arch
+    # with the perspective objective too: every network hands its image features to the objectives
+    task = make_task(None, test_grid, synth_root, occupancy_h5, features_h5, network={"arch": arch}, objectives={"perspective": {}})
+    assert task.cfg.network.arch == arch and "perspective" in task.cfg.objectives
     two_steps(task)
 
 
