@@ -7,6 +7,7 @@ empty and crowded scenes alike and differ from the paper's numbers).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 THRESHOLD = 0.5  # on the sigmoid probability, as in Simple-BEV
@@ -57,3 +58,22 @@ class IoUAccumulator:
             "union": dict(zip(self.class_names, self.union.tolist())),
             "threshold": self.threshold,
         }
+
+
+# Vehicle footprint bins (m², length x width): two-wheelers (~1.3-1.6), cars (~9), trucks and buses (>= 15).
+SIZE_BINS: tuple[tuple[str, float, float], ...] = (("small (< 4 m²)", 0.0, 4.0), ("medium (4-15 m²)", 4.0, 15.0),
+                                                    ("large (≥ 15 m²)", 15.0, float("inf")))
+
+
+def recall_by_size(pred: np.ndarray, target: np.ndarray, valid: np.ndarray, area_m2: np.ndarray,
+                   bins: tuple[tuple[str, float, float], ...] = SIZE_BINS) -> dict[str, tuple[int, int]]:
+    """{bin name: (found cells, ground-truth cells)} of one or more BEV maps: a vehicle cell (``target``
+    and ``valid``) belongs to the bin of its box's footprint ``area_m2`` (same shape; 0 outside boxes),
+    and is found when ``pred`` (bool, same shape) marks it. Summed over samples it gives the recall of
+    small, medium and large objects, which IoU mixes into one number."""
+    gt = target.astype(bool) & valid.astype(bool)
+    out = {}
+    for name, lo, hi in bins:
+        cells = gt & (area_m2 >= lo) & (area_m2 < hi)
+        out[name] = (int((cells & pred.astype(bool)).sum()), int(cells.sum()))
+    return out

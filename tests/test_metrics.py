@@ -58,3 +58,20 @@ def test_iou_of_a_class_never_seen_is_nan_and_left_out_of_the_mean():
     acc.update(_logits(target), target)
     assert math.isnan(acc.iou()["never"])
     assert acc.mean() == 1.0
+
+
+def test_recall_by_size_bins_each_vehicle_cell_by_its_box_footprint():
+    import numpy as np
+
+    from occfeat.metrics import recall_by_size
+
+    target = np.zeros((4, 4), bool)
+    area = np.zeros((4, 4))
+    target[0, 0:2], area[0, 0:2] = True, 1.5  # a motorcycle: 2 cells
+    target[2:4, 0:3], area[2:4, 0:3] = True, 9.0  # a car: 6 cells
+    valid = np.ones((4, 4), bool)
+    valid[3, 2] = False  # one car cell excluded (low visibility): not counted
+    pred = np.zeros((4, 4), bool)
+    pred[0, 0] = pred[2, 0] = pred[1, 3] = True  # half the motorcycle, one car cell, a false positive
+    out = recall_by_size(pred, target, valid, area)
+    assert out == {"small (< 4 m²)": (1, 2), "medium (4-15 m²)": (1, 5), "large (≥ 15 m²)": (0, 0)}
