@@ -97,6 +97,11 @@ def test_cache_mismatches_are_one_line_errors(test_grid, synth_root, occupancy_h
     assert "\n" not in str(e.value)
     with pytest.raises(OccfeatError, match="holds 384-dim teacher features but the recipe's predictor outputs objectives.features.feature_dim=768"):
         make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, objectives={"features": {"feature_dim": 768}})
+    for name in ("perspective", "second_unsplat", "balanced"):  # each names its own key
+        with pytest.raises(OccfeatError, match=f"objectives.{name}.feature_dim=768"):
+            make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, objectives={name: {"feature_dim": 768}})
+    with pytest.raises(OccfeatError, match=r"objectives.perspective.depth_bins=\[58.0, 2.0, 0.5\] must be"):
+        make_task(recipe, test_grid, synth_root, occupancy_h5, features_h5, objectives={"perspective": {"depth_bins": [58.0, 2.0, 0.5]}})
 
 
 def _cli(*args):

@@ -20,7 +20,7 @@ from occfeat.data.targets import voxel_feature_targets
 from occfeat.distillation import ATTENTION_TEMPERATURE, balanced_occupancy_weights
 from occfeat.models import predict_at
 from occfeat.objectives.base import Context, Objective, ObjectiveConfig, SampleInput
-from occfeat.objectives.features import Features, FeaturesConfig, TeacherMaps
+from occfeat.objectives.features import FeaturesConfig, TeacherMaps, teacher_width
 from occfeat.objectives.occupancy import OccupancyGrid
 
 
@@ -70,8 +70,7 @@ class Balanced(Objective):
     @classmethod
     def resolve(cls, cfg: BalancedConfig, sources) -> BalancedConfig:
         cfg = super().resolve(cfg, sources)
-        checked = Features.resolve(FeaturesConfig(feature_dim=cfg.feature_dim), sources)
-        return dataclasses.replace(cfg, feature_dim=checked.feature_dim)
+        return dataclasses.replace(cfg, feature_dim=teacher_width(cls.name, cfg.feature_dim, sources))
 
     def __init__(self, cfg: BalancedConfig, grid, bev_channels: int, image_channels: int = 128):
         super().__init__(cfg, grid, bev_channels, image_channels)

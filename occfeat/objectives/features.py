@@ -29,6 +29,17 @@ class TeacherMaps(SampleInput):
         }
 
 
+def teacher_width(objective: str, feature_dim: int | None, sources) -> int:
+    """N_y of the features cache, checked against an objective's ``feature_dim`` (None: take the cache's)."""
+    have = sources.features.feature_dim
+    if feature_dim is not None and feature_dim != have:
+        raise OccfeatError(
+            f"features cache {sources.features.path} holds {have}-dim teacher features but the recipe's predictor outputs "
+            f"objectives.{objective}.feature_dim={feature_dim}; extract with the matching teacher or set it to {have}"
+        )
+    return have
+
+
 @dataclass
 class FeaturesConfig(ObjectiveConfig):
     """L_feat's settings."""
@@ -51,13 +62,7 @@ class Features(Objective):
     @classmethod
     def resolve(cls, cfg: FeaturesConfig, sources) -> FeaturesConfig:
         cfg = super().resolve(cfg, sources)
-        have = sources.features.feature_dim
-        if cfg.feature_dim is not None and cfg.feature_dim != have:
-            raise OccfeatError(
-                f"features cache {sources.features.path} holds {have}-dim teacher features but the recipe's predictor outputs "
-                f"objectives.features.feature_dim={cfg.feature_dim}; extract with the matching teacher or set it to {have}"
-            )
-        return dataclasses.replace(cfg, feature_dim=have)
+        return dataclasses.replace(cfg, feature_dim=teacher_width(cls.name, cfg.feature_dim, sources))
 
     def __init__(self, cfg: FeaturesConfig, grid, bev_channels: int, image_channels: int = 128):
         super().__init__(cfg, grid, bev_channels, image_channels)

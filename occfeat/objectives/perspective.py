@@ -20,7 +20,7 @@ from occfeat.geometry import scale_intrinsics
 from occfeat.losses import feature_distillation_loss
 from occfeat.models import PerspectiveHead
 from occfeat.objectives.base import Context, Objective, ObjectiveConfig, SampleInput
-from occfeat.objectives.features import TeacherMaps
+from occfeat.objectives.features import TeacherMaps, teacher_width
 
 # BEVDepth's depth bins (``dbound = [2.0, 58.0, 0.5]``: 112 bins), the distribution its depth net predicts.
 DEPTH_BINS = (2.0, 58.0, 0.5)
@@ -68,11 +68,7 @@ class Perspective(Objective):
             raise OccfeatError(f"objectives.perspective.depth_bins={list(cfg.depth_bins)} must be (min, max, step) with 0 < min < max, step > 0")
         if cfg.feature_weight < 0:
             raise OccfeatError(f"objectives.perspective.feature_weight={cfg.feature_weight} must be >= 0")
-        have = sources.features.feature_dim
-        if cfg.feature_dim is not None and cfg.feature_dim != have:
-            raise OccfeatError(f"features cache {sources.features.path} holds {have}-dim teacher features, not "
-                               f"objectives.perspective.feature_dim={cfg.feature_dim}; set it to {have}")
-        return dataclasses.replace(cfg, feature_dim=have)
+        return dataclasses.replace(cfg, feature_dim=teacher_width(cls.name, cfg.feature_dim, sources))
 
     def __init__(self, cfg: PerspectiveConfig, grid, bev_channels: int, image_channels: int = 128):
         super().__init__(cfg, grid, bev_channels, image_channels)

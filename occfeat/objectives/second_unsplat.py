@@ -15,7 +15,7 @@ from occfeat.data.targets import voxel_feature_targets
 from occfeat.losses import feature_distillation_loss, occupancy_loss
 from occfeat.models import UnsplatDecoder, predict_at
 from occfeat.objectives.base import Context, Objective, ObjectiveConfig, SampleInput
-from occfeat.objectives.features import Features, FeaturesConfig, TeacherMaps
+from occfeat.objectives.features import FeaturesConfig, TeacherMaps, teacher_width
 from occfeat.objectives.occupancy import OccupancyGrid
 
 
@@ -42,8 +42,7 @@ class SecondUnsplat(Objective):
     @classmethod
     def resolve(cls, cfg: SecondUnsplatConfig, sources) -> SecondUnsplatConfig:
         cfg = super().resolve(cfg, sources)
-        checked = Features.resolve(FeaturesConfig(feature_dim=cfg.feature_dim), sources)  # the same width check
-        return dataclasses.replace(cfg, feature_dim=checked.feature_dim)
+        return dataclasses.replace(cfg, feature_dim=teacher_width(cls.name, cfg.feature_dim, sources))
 
     def __init__(self, cfg: SecondUnsplatConfig, grid, bev_channels: int, image_channels: int = 128):
         super().__init__(cfg, grid, bev_channels, image_channels)
