@@ -125,14 +125,28 @@ def box_targets(corners_ego: np.ndarray, centres_ego: np.ndarray, cam_T_ego: np.
     return out
 
 
+def fill_scan_gaps(depth: np.ndarray, rows: int) -> np.ndarray:
+    """A sparse depth image (H, W; 0 = no return) with each empty pixel given the nearest depth among the
+    returns up to ``rows`` pixels above or below it in its column: a spinning LiDAR's rings are rows of
+    returns with empty rows between them, so an object hit by the rings above and below fills the gap."""
+    if rows <= 0:
+        return depth
+    from scipy import ndimage
+
+    filled = ndimage.minimum_filter(np.where(depth > 0, depth, np.inf), size=(2 * rows + 1, 1), mode="constant", cval=np.inf)
+    return np.where(depth > 0, depth, np.where(np.isfinite(filled), filled, 0.0)).astype(depth.dtype)
+
+
 def ground_targets(masks: np.ndarray, grid, cam_T_ego: np.ndarray, K: np.ndarray, hw: tuple[int, int],
-                   ground_z: float = 0.0, lidar_depth: np.ndarray | None = None, tolerance: float = 0.5) -> dict[str, np.ndarray]:
+                   ground_z: float = 0.0, lidar_depth: np.ndarray | None = None, tolerance: float = 0.5,
+                   fill_rows: int = 0) -> dict[str, np.ndarray]:
     """Per-camera map targets: ``masks`` (C, X, Y) bool on ``grid`` (ego frame) seen from the camera
     ``cam_T_ego`` / ``K`` at image size ``hw``. Returns ``map`` (C, H, W) bool — the classes of the cell
     where the pixel's ray meets the plane z = ``ground_z`` — ``ground_depth`` (H, W) the depth of that
     point (0 where the ray never meets the ground), and ``valid`` (H, W): False only where the ray meets
     the ground outside the grid (unknown). With ``lidar_depth`` (H, W; 0 = no return) a pixel whose LiDAR
-    depth is more than ``tolerance`` m short of its ground depth is occluded: no map class (valid)."""
+    depth is more than ``tolerance`` m short of its ground depth is occluded: no map class (valid);
+    ``fill_rows`` > 0 first fills empty pixels from returns up to that many rows away (:func:`fill_scan_gaps`)."""
     from occfeat.data.gt import grid_coords
 
     H, W = hw
@@ -152,6 +166,7 @@ def ground_targets(masks: np.ndarray, grid, cam_T_ego: np.ndarray, K: np.ndarray
     ix, iy = cell[..., 0][inside], cell[..., 1][inside]
     out_map[:, inside] = masks[:, ix, iy]
     if lidar_depth is not None:
+        lidar_depth = fill_scan_gaps(lidar_depth, fill_rows)
         occluded = inside & (lidar_depth > 0) & (lidar_depth < s - tolerance)
         out_map[:, occluded] = False
     return {"map": out_map, "ground_depth": np.where(hits, s, 0.0).astype(np.float32), "valid": ~(hits & ~inside)}
@@ -188,11 +203,11 @@ class PerspectiveTargets:
     where each pixel's ray meets the ground, none where the LiDAR sees something nearer."""
 
     def __init__(self, grid, boxes=None, map_gt=None, lidar: dict | None = None, min_lidar_points: int = 3,
-                 min_visible: float = 0.2, tolerance: float = 0.5):
+                 min_visible: float = 0.2, tolerance: float = 0.5, fill_rows: int = 1):
         if (boxes is None) == (map_gt is None):
             raise ValueError("PerspectiveTargets needs exactly one of boxes (vehicle) and map_gt (map)")
         self.grid, self.boxes, self.map_gt, self.lidar = grid, boxes, map_gt, lidar
-        self.min_lidar_points, self.min_visible, self.tolerance = min_lidar_points, min_visible, tolerance
+        self.min_lidar_points, self.min_visible, self.tolerance, self.fill_rows = min_lidar_points, min_visible, tolerance, fill_rows
 
     def __call__(self, token: str, cam_T_ego: np.ndarray, K: np.ndarray, input_hw: tuple[int, int], stride: int) -> dict:
         from occfeat.geometry import scale_intrinsics
@@ -220,5 +235,6 @@ class PerspectiveTargets:
         per_cam = []
         for s in range(len(Ks)):
             depth = lidar_depth_image(points, cam_T_ego[s], Ks[s], hw) if points is not None else None
-            per_cam.append(ground_targets(masks, self.grid, cam_T_ego[s], Ks[s], hw, lidar_depth=depth, tolerance=self.tolerance))
+            per_cam.append(ground_targets(masks, self.grid, cam_T_ego[s], Ks[s], hw, lidar_depth=depth, tolerance=self.tolerance,
+                                          fill_rows=self.fill_rows))
         return {"pv_target": np.stack([t["map"] for t in per_cam]).astype(np.float32), "pv_valid": np.stack([t["valid"] for t in per_cam])}

@@ -61,6 +61,10 @@ def test_map_pixels_take_the_class_of_the_ground_cell_their_ray_meets_unless_lid
     lidar[64, 50] = 10.0  # a return near the ground point (10.34 m): the ground itself, within the tolerance
     seen = ground_targets(masks, grid, cam_T_ego, K, (100, 100), lidar_depth=lidar)
     assert np.nonzero(seen["map"][0, :, 50])[0].tolist() == [64, 66] and seen["valid"][65, 50]
+    # row 66 has no return (a gap between LiDAR rings): filled from the car's return one row above, it is hidden
+    # too; row 64 keeps its own return (the ground), so the fill does not spread over it
+    filled = ground_targets(masks, grid, cam_T_ego, K, (100, 100), lidar_depth=lidar, fill_rows=1)
+    assert np.nonzero(filled["map"][0, :, 50])[0].tolist() == [64]
 
 
 def test_a_box_mostly_outside_the_image_is_dropped_and_a_tiny_one_keeps_its_centre_pixel():

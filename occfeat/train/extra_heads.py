@@ -44,6 +44,10 @@ class ExtraHeadConfig:
     """Vehicle boxes with less of their projection inside a camera's image are not drawn into it (v2: ≥ 0.2)."""
     occlusion_tolerance: float = 0.5
     """Map targets: a pixel is occluded when its LiDAR depth is this many metres short of its ground depth."""
+    occlusion_fill_rows: int = 1
+    """Map targets: a pixel without a LiDAR return takes the nearest return up to this many rows above or
+    below (at the encoder's resolution), so the gaps between LiDAR rings do not let the ground show through
+    a vehicle (docs/perspective_targets.png); 0: only pixels with their own return."""
 
     def check(self) -> None:
         if self.kind not in EXTRA_HEADS:

@@ -199,7 +199,7 @@ def perspective_targets(cfg: FinetuneConfig, gt, records) -> PerspectiveTargets:
     if cfg.task == "vehicle":
         return PerspectiveTargets(cfg.grid, boxes=gt.source.boxes, min_lidar_points=e.min_lidar_points, min_visible=e.min_visibility)
     return PerspectiveTargets(cfg.grid, map_gt=gt, lidar={rec.token: sweep_job(rec, 1) for rec in records},
-                              tolerance=e.occlusion_tolerance)
+                              tolerance=e.occlusion_tolerance, fill_rows=e.occlusion_fill_rows)
 
 
 class FinetuneTask:
