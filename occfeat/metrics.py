@@ -60,20 +60,28 @@ class IoUAccumulator:
         }
 
 
-# Vehicle footprint bins (m², length x width): two-wheelers (~1.3-1.6), cars (~9), trucks and buses (>= 15).
+# Vehicle footprint bins (m², length x width) of :func:`iou_by_size`: two-wheelers (~1.3-1.6), cars (~9), trucks and buses (>= 15).
 SIZE_BINS: tuple[tuple[str, float, float], ...] = (("small (< 4 m²)", 0.0, 4.0), ("medium (4-15 m²)", 4.0, 15.0),
                                                     ("large (≥ 15 m²)", 15.0, float("inf")))
 
 
-def recall_by_size(pred: np.ndarray, target: np.ndarray, valid: np.ndarray, area_m2: np.ndarray,
-                   bins: tuple[tuple[str, float, float], ...] = SIZE_BINS) -> dict[str, tuple[int, int]]:
-    """{bin name: (found cells, ground-truth cells)} of one or more BEV maps: a vehicle cell (``target``
-    and ``valid``) belongs to the bin of its box's footprint ``area_m2`` (same shape; 0 outside boxes),
-    and is found when ``pred`` (bool, same shape) marks it. Summed over samples it gives the recall of
-    small, medium and large objects, which IoU mixes into one number."""
-    gt = target.astype(bool) & valid.astype(bool)
-    out = {}
+def iou_by_size(pred: np.ndarray, target: np.ndarray, valid: np.ndarray, area_m2: np.ndarray,
+                bins: tuple[tuple[str, float, float], ...] = SIZE_BINS) -> dict[str, tuple[int, int]]:
+    """{bin name: (intersection, union) in cells} of one BEV map (X, Y), split by object size: every cell
+    belongs to the size bin of its nearest ground-truth vehicle cell (``area_m2``: the footprint of the box
+    covering a vehicle cell, m²), so a false positive counts against the size of the object it lies
+    nearest to, and the IoU of small objects cannot be bought by marking vehicles everywhere (recall
+    alone could). ``target`` / ``valid`` / ``pred`` bool; invalid cells are left out. A map without
+    vehicles adds nothing. Sum over samples, divide once."""
+    from scipy import ndimage
+
+    gt, pred, valid = target.astype(bool), pred.astype(bool), valid.astype(bool)
+    out = {name: (0, 0) for name, _, _ in bins}
+    if not gt.any():
+        return out
+    _, nearest = ndimage.distance_transform_edt(~gt, return_indices=True)
+    region_area = area_m2[nearest[0], nearest[1]]
     for name, lo, hi in bins:
-        cells = gt & (area_m2 >= lo) & (area_m2 < hi)
-        out[name] = (int((cells & pred.astype(bool)).sum()), int(cells.sum()))
+        region = valid & (region_area >= lo) & (region_area < hi)
+        out[name] = (int((pred & gt & region).sum()), int(((pred | gt) & region).sum()))
     return out

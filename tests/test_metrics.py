@@ -60,18 +60,23 @@ def test_iou_of_a_class_never_seen_is_nan_and_left_out_of_the_mean():
     assert acc.mean() == 1.0
 
 
-def test_recall_by_size_bins_each_vehicle_cell_by_its_box_footprint():
+def test_iou_by_size_charges_each_false_positive_to_the_nearest_objects_size():
     import numpy as np
 
-    from occfeat.metrics import recall_by_size
+    from occfeat.metrics import iou_by_size
 
-    target = np.zeros((4, 4), bool)
-    area = np.zeros((4, 4))
-    target[0, 0:2], area[0, 0:2] = True, 1.5  # a motorcycle: 2 cells
-    target[2:4, 0:3], area[2:4, 0:3] = True, 9.0  # a car: 6 cells
-    valid = np.ones((4, 4), bool)
-    valid[3, 2] = False  # one car cell excluded (low visibility): not counted
-    pred = np.zeros((4, 4), bool)
-    pred[0, 0] = pred[2, 0] = pred[1, 3] = True  # half the motorcycle, one car cell, a false positive
-    out = recall_by_size(pred, target, valid, area)
-    assert out == {"small (< 4 m²)": (1, 2), "medium (4-15 m²)": (1, 5), "large (≥ 15 m²)": (0, 0)}
+    target = np.zeros((8, 8), bool)
+    area = np.zeros((8, 8))
+    target[0, 0:2], area[0, 0:2] = True, 1.5  # a motorcycle: 2 cells, top left
+    target[6:8, 5:8], area[6:8, 5:8] = True, 9.0  # a car: 6 cells, bottom right
+    valid = np.ones((8, 8), bool)
+    valid[7, 7] = False  # one car cell excluded (low visibility): counted nowhere
+    pred = np.zeros((8, 8), bool)
+    pred[0, 0] = True  # half the motorcycle
+    pred[1, 1] = True  # a false positive beside the motorcycle: charged to the small objects
+    pred[6, 5] = pred[5, 7] = True  # one car cell found, a false positive beside the car
+    out = iou_by_size(pred, target, valid, area)
+    assert out == {"small (< 4 m²)": (1, 3), "medium (4-15 m²)": (1, 6), "large (≥ 15 m²)": (0, 0)}
+    everywhere = iou_by_size(np.ones((8, 8), bool), target, valid, area)
+    assert everywhere["small (< 4 m²)"][0] == 2 and everywhere["small (< 4 m²)"][1] > 10  # recall 1, IoU small
+    assert iou_by_size(pred, np.zeros((8, 8), bool), valid, area)["small (< 4 m²)"] == (0, 0)

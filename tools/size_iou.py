@@ -1,12 +1,13 @@
-"""Recall of small, medium and large vehicles for finished vehicle finetune runs (DistillBEV's claim that
-balancing helps small objects is about them; IoU mixes every size into one number).
+"""IoU of small, medium and large vehicles for finished vehicle finetune runs (DistillBEV's claim that
+balancing helps small objects is about them; the split's IoU mixes every size into one number).
 
 Each run's last checkpoint is evaluated again on its val split (the segmentation model alone, as
-`occfeat evaluate`); every ground-truth vehicle cell is binned by its box's footprint (length x width,
-``occfeat.metrics.SIZE_BINS``) and counted found when the prediction marks it (sigmoid >= 0.5). Prints one
-line per run and a CSV with the counts; rows of a study are grouped by run-dir name without the seed.
+`occfeat evaluate`, sigmoid >= 0.5); every cell goes to the size bin of its nearest ground-truth vehicle
+(box footprint, ``occfeat.metrics.SIZE_BINS``; :func:`occfeat.metrics.iou_by_size`), intersections and
+unions are summed over the split. Prints one line per run, the mean and std per row (run-dir name
+without the seed) and fraction, and writes the counts with ``--csv``.
 
-    python tools/size_recall.py runs/study-perspective/finetune/vehicle-*-f0.1-s* --csv size_recall.csv
+    python tools/size_iou.py runs/study-perspective/finetune/vehicle-*-f0.1-s* --csv size_iou.csv
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from occfeat.data.gt import task_classes
 from occfeat.data.index import SampleIndex
-from occfeat.metrics import THRESHOLD, recall_by_size
+from occfeat.metrics import THRESHOLD, iou_by_size
 from occfeat.models import build_network
 from occfeat.train.distill import BoxMaps
 from occfeat.train.finetune import config_from_dict, segmentation_set
@@ -52,10 +53,10 @@ def run_counts(run_dir: Path) -> dict[str, tuple[int, int]]:
             batch = {k: v[None] for k, v in item.items() if isinstance(v, torch.Tensor)}
             pred = (torch.sigmoid(model(batch)[0, 0]) >= THRESHOLD).numpy()
             area = boxes(item["token"])["box_area"] * cell_m2
-            for name, (found, cells) in recall_by_size(pred, item["target"][0].numpy(), item["valid"].numpy(), area).items():
+            for name, (inter, union) in iou_by_size(pred, item["target"][0].numpy(), item["valid"].numpy(), area).items():
                 t = total.setdefault(name, [0, 0])
-                t[0] += found
-                t[1] += cells
+                t[0] += inter
+                t[1] += union
     return {k: (v[0], v[1]) for k, v in total.items()}
 
 
@@ -70,16 +71,16 @@ def main() -> None:
         m = re.fullmatch(r"vehicle-(.+)-f([0-9.e-]+)-s(\d+)", run.name)
         row = {"run": str(run), "row": m.group(1) if m else run.name, "fraction": float(m.group(2)) if m else None,
                "seed": int(m.group(3)) if m else None}
-        for name, (found, cells) in counts.items():
-            row[f"{name} found"], row[f"{name} cells"] = found, cells
-            row[f"{name} recall"] = found / cells if cells else float("nan")
+        for name, (inter, union) in counts.items():
+            row[f"{name} intersection"], row[f"{name} union"] = inter, union
+            row[f"{name} IoU"] = inter / union if union else float("nan")
         rows.append(row)
-        print(run.name, "  ".join(f"{k}: {100 * f / c:.1f} % of {c}" if c else f"{k}: -" for k, (f, c) in counts.items()), flush=True)
+        print(run.name, "  ".join(f"{k}: IoU {100 * i / u:.1f} (union {u})" if u else f"{k}: -" for k, (i, u) in counts.items()), flush=True)
     table = pd.DataFrame(rows)
     if args.csv:
         table.to_csv(args.csv, index=False)
-    recall = [c for c in table.columns if c.endswith("recall")]
-    print((table.groupby(["fraction", "row"])[recall].agg(["mean", "std"]) * 100).round(1).to_string())
+    iou = [c for c in table.columns if c.endswith("IoU")]
+    print((table.groupby(["fraction", "row"])[iou].agg(["mean", "std"]) * 100).round(1).to_string())
 
 
 if __name__ == "__main__":
