@@ -11,6 +11,7 @@ start it. Every OSError (read-only folder, full disk) becomes one line naming th
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -34,13 +35,19 @@ DAMAGED_ADVICE = "copy it again from where it came from, or use an earlier run"
 def atomic_save(obj: dict, path: Path, then: str = "") -> None:
     """torch.save to a temporary file, then rename: a killed run never leaves half a checkpoint, and a
     full disk leaves the previous ``path`` as it was. Saving through a Python file object makes a full
-    disk an OSError (torch's own file writer reports it as an unrelated RuntimeError)."""
+    disk an OSError; when torch's zip writer notices the short write first, it raises a RuntimeError
+    ("unexpected pos ..."), which is turned into the same ENOSPC error (seen on a full disk, 2026-11)."""
     path = Path(path)
     tmp = tmp_path(path)
     with writing(path, then):
         try:
             with open(tmp, "wb") as f:
-                torch.save(obj, f)
+                try:
+                    torch.save(obj, f)
+                except RuntimeError as e:
+                    if "unexpected pos" not in str(e):
+                        raise
+                    raise OSError(errno.ENOSPC, "No space left on device (the checkpoint was cut short)") from None
                 f.flush()
                 os.fsync(f.fileno())  # the rename must never point at data still in the page cache
             os.replace(tmp, path)
