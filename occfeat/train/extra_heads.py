@@ -81,6 +81,10 @@ class ExtraHead(nn.Module):
         else:
             self.head = SegmentationHead(bev_channels, n_classes)
 
+    @property
+    def needs_images(self) -> bool:
+        return self.cfg.kind == "perspective"
+
     def forward(self, bev: torch.Tensor, image_feats: torch.Tensor | None, batch: dict) -> dict[str, torch.Tensor]:
         if self.cfg.kind == "perspective":
             out = self.head(image_feats)

@@ -70,7 +70,11 @@ class FinetuneModel(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """With a distiller, also its terms (``loss_distill``, ``loss_nce``), with an extra head its
         ``loss_extra`` (+ ``log_*`` parts): computed inside forward so that DDP sees every head used."""
-        bev, image_feats = self.segmentation.network.forward_features(batch)  # the image features cost nothing extra
+        network = self.segmentation.network
+        if self.extra is not None and self.extra.needs_images:
+            bev, image_feats = network.forward_features(batch)
+        else:
+            bev, image_feats = network.forward_bev(batch), None
         out = {"segmentation": self.segmentation.head(bev)}
         if self.aux is not None:
             out.update(self.aux(bev))

@@ -98,8 +98,11 @@ class PretrainModel(nn.Module):
         self.weights = dict(weights)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        bev, image_features = self.network.forward_features(batch)  # the image features cost nothing extra
-        ctx = Context(bev, self.decoder, image_features)
+        if any(o.uses_images for o in self.objectives.values()):
+            bev, image_features = self.network.forward_features(batch)
+            ctx = Context(bev, self.decoder, image_features)
+        else:
+            ctx = Context(self.network(batch), self.decoder)
         total, terms = None, {}
         for name, objective in self.objectives.items():
             parts = objective(ctx, batch)
