@@ -1,6 +1,6 @@
 """Benchmark ``occfeat extract`` end to end against the bare teacher forward, measured in the same run.
 
-    python benchmarks/extract.py [--samples 4] [--image-size 1600x900] [--input-size 224x406]
+    python benchmarks/extract.py [--samples 4] [--image-size 900x1600] [--input-size 224x406]
                                  [--batch-size 12] [--workers 0] [--device auto]
 
 On a synthetic dataroot (``occfeat.data.synth.write_dataroot``, nuScenes-sized JPEGs by default) with a
@@ -57,7 +57,7 @@ def bare_forward(model, info, dev, n_images: int, batch_size: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=4, help="key frames (x6 images) in the synthetic dataroot")
-    ap.add_argument("--image-size", default="1600x900", help="stored JPEG WIDTHxHEIGHT (nuScenes: 1600x900)")
+    ap.add_argument("--image-size", default="900x1600", help="stored JPEG HEIGHTxWIDTH (nuScenes: 900x1600)")
     ap.add_argument("--input-size", default="x".join(map(str, DEFAULTS.input_size)), help="teacher input HEIGHTxWIDTH")
     ap.add_argument("--batch-size", type=int, default=12)
     ap.add_argument("--workers", type=int, default=0)
@@ -75,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d) / "root"
         t = time.perf_counter()
-        write_dataroot(root, SynthConfig(scenes=1, samples_per_scene=args.samples, image_size=hw(args.image_size), seed=0))
+        write_dataroot(root, SynthConfig(scenes=1, samples_per_scene=args.samples, image_size=hw(args.image_size)[::-1], seed=0))  # SynthConfig takes (width, height)
         print(f"synthetic dataroot: {args.samples} key frames x 6 JPEGs at {args.image_size} ({time.perf_counter() - t:.1f} s to write)")
         version = SynthConfig().version
 

@@ -2,7 +2,7 @@
 memory, measured in the same run.
 
     python benchmarks/pretrain.py [--samples 6] [--batch-size 2] [--steps 2] [--rounds 2] [--workers 2]
-                                  [--image-size 1600x900] [--device auto] [--amp auto]
+                                  [--image-size 900x1600] [--device auto] [--amp auto]
 
 SimpleBEV EN-B0 + the unsplat head at the paper's settings (recipes/pretrain/simplebev-effb0.yaml:
 224x400 input with augmentation, 200x200x8 grid, N_B = 128, L = L_occ + 0.01 L_feat, Adam) with a
@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="timed optimizer steps per round and mode")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (in memory, with data); the best counts")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    ap.add_argument("--image-size", default="1600x900", help="stored JPEG WIDTHxHEIGHT (nuScenes: 1600x900)")
+    ap.add_argument("--image-size", default="900x1600", help="stored JPEG HEIGHTxWIDTH (nuScenes: 900x1600)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA), bf16, off")
     args = ap.parse_args()
@@ -119,7 +119,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         t = time.perf_counter()
-        w, h = (int(v) for v in args.image_size.lower().split("x"))
+        h, w = (int(v) for v in args.image_size.lower().split("x"))
         child = mp.get_context("spawn").Process(target=build_inputs, args=(d, args.samples, (w, h)))
         child.start()
         child.join()

@@ -2,7 +2,7 @@
 JPEG encoding and the semantic label PNGs, plus the numba camera ray caster against a plain-numpy ray
 cast of the same rays and boxes (depth only) measured in the same run.
 
-    python benchmarks/synth.py [--samples 4] [--image-size 1600x900]
+    python benchmarks/synth.py [--samples 4] [--image-size 900x1600]
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def numpy_depth(global_T_cam: np.ndarray, K: np.ndarray, boxes: np.ndarray, rows
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--image-size", default="1600x900")
+    ap.add_argument("--image-size", default="900x1600", help="camera image HEIGHTxWIDTH")
     args = ap.parse_args()
-    w, h = parse_size(args.image_size)
+    h, w = parse_size(args.image_size, "--image-size", "900x1600")
     cfg = SynthConfig(scenes=1, samples_per_scene=args.samples, image_size=(w, h))
     write_dataroot(Path(tempfile.mkdtemp()) / "warm", SynthConfig(scenes=1, samples_per_scene=1, image_size=(64, 36)))
     timings: dict = {}

@@ -1,6 +1,6 @@
 """Does a 448x812 teacher change the voxel feature targets compared with the default 224x406?
 
-    python benchmarks/teacher_resolution.py [--scenes 1] [--samples-per-scene 2] [--image-size 1600x900]
+    python benchmarks/teacher_resolution.py [--scenes 1] [--samples-per-scene 2] [--image-size 900x1600]
                                             [--low 224x406] [--high 448x812] [--threshold 0.9] [--device auto]
                                             [--weights dinov2_vits14.pth]
 
@@ -83,7 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=1)
     ap.add_argument("--samples-per-scene", type=int, default=2)
-    ap.add_argument("--image-size", default="1600x900", help="stored JPEG WIDTHxHEIGHT (nuScenes: 1600x900)")
+    ap.add_argument("--image-size", default="900x1600", help="stored JPEG HEIGHTxWIDTH (nuScenes: 900x1600)")
     ap.add_argument("--low", default="x".join(map(str, DEFAULTS.input_size)), help="teacher input HEIGHTxWIDTH (default)")
     ap.add_argument("--high", default="448x812", help="teacher input HEIGHTxWIDTH to compare with")
     ap.add_argument("--threshold", type=float, default=0.9)

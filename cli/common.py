@@ -1,9 +1,16 @@
-"""What every command shares: one-line errors, and the console."""
+"""What every command shares: one-line errors, the two consoles, option types.
+
+Results (summary lines, tables, ``--json``) go to stdout through ``out``; progress, notes and errors go to
+stderr through ``console``, so ``occfeat evaluate RUN > result.txt`` keeps the result and a log keeps the
+rest. Piped or redirected, neither console wraps or truncates: a table keeps its columns and a path its
+characters (rich would otherwise assume 80 columns).
+"""
 
 from __future__ import annotations
 
 import functools
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +19,65 @@ from rich.console import Console
 
 from occfeat.errors import OccfeatError
 
-console = Console(stderr=True)
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() else 10_000  # not a terminal: never wrap, never truncate
+    return Console(stderr=stderr, width=wide, soft_wrap=wide is not None)
+
+
+console = _console(stderr=True)
+"""Progress, notes and warnings (stderr)."""
+out = _console(stderr=False)
+"""Results: summary lines and tables (stdout)."""
+
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of fixed option values, so that typer lists them in --help, completes them and refuses
+    others; the command reads ``.value``."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+DEVICES = ["auto", "cpu", "cuda"]
+"""``--device`` choices besides ``cuda:N`` (see :func:`device_option`)."""
+
+
+def device_option(default: str = "auto"):
+    """``--device``, the same on every command that computes: auto (CUDA when there is one, else CPU),
+    cpu, cuda or cuda:N."""
+    return typer.Option(default, "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.", callback=_check_device)
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is None or value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise typer.BadParameter(f"'{value}' is not one of {', '.join(DEVICES)} or cuda:N")
+
+
+def require(**options) -> None:
+    """One-line error for the first option that is None: options that ``--print-config`` does not need are
+    declared optional for typer and checked here."""
+    for name, value in options.items():
+        if value is None:
+            raise OccfeatError(f"missing option --{name.replace('_', '-')} (see --help)")
+
+
+def print_json(data) -> None:
+    """``--json``: one JSON document on stdout, nothing else there. NaN (e.g. the std of one seed) and
+    infinities become null, so strict parsers (jq, JSON.parse) read it."""
+    import json
+    import math
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    print(json.dumps(clean(data), indent=2, default=str, allow_nan=False))
 
 
 def rerun_advice(kwargs: dict) -> str:
@@ -75,15 +140,18 @@ def one_line_errors(fn=None, *, on_interrupt: Callable[[dict], str] = rerun_advi
     return wrapper
 
 
-def parse_size(text: str, what: str = "--image-size", order: str = "WIDTHxHEIGHT", example: str = "1600x900") -> tuple[int, int]:
-    """``"1600x900"`` → (1600, 900), in the ``order`` the option documents; one-line error otherwise.
+def parse_size(text: str, what: str, example: str) -> tuple[int, int]:
+    """``"224x400"`` → (224, 400): every size on occfeat's command line is HEIGHTxWIDTH, the order of the
+    paper ("224x400"), of torch and timm (``img_size``) and of every ``[height, width]`` list in a recipe.
 
-    Image sizes of the synthetic world are WIDTHxHEIGHT (as camera specs are written); network and
-    teacher input sizes are HEIGHTxWIDTH (as the paper writes 224x400 and timm takes img_size)."""
+    A size taller than wide is refused: camera images (and the inputs made from them) are landscape, so it
+    is nearly always WIDTHxHEIGHT typed by habit; the message gives the swapped form."""
     try:
-        a, b = (int(v) for v in text.lower().split("x"))
-        if a <= 0 or b <= 0:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h <= 0 or w <= 0:
             raise ValueError
     except ValueError:
-        raise OccfeatError(f"{what} must look like {order} with positive integers (e.g. {example}), got '{text}'") from None
-    return a, b
+        raise OccfeatError(f"{what} must look like HEIGHTxWIDTH with positive integers (e.g. {example}), got '{text}'") from None
+    if h > w:
+        raise OccfeatError(f"{what} is HEIGHTxWIDTH and camera images are wider than tall; did you mean {w}x{h}? (got '{text}')")
+    return h, w

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from occfeat.cli.common import console, one_line_errors, parse_size
+from occfeat.cli.common import console, device_option, one_line_errors, out as stdout, parse_size
 from occfeat.data.extract import DEFAULTS
 from occfeat.data.standin import STANDIN_LEGEND, STANDIN_TEACHER, StandinConfig
 from occfeat.errors import OccfeatError
@@ -27,7 +27,7 @@ def extract(
     random_teacher: bool = typer.Option(False, "--random-teacher", help="Random-init teacher (tests/demos only; stamped into the file)."),
     input_size: str = typer.Option("x".join(map(str, DEFAULTS.input_size)), help="Teacher input HEIGHTxWIDTH, multiples of the patch size."),
     batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per forward pass."),
-    device: str = typer.Option(DEFAULTS.device, help="auto, cpu, cuda or cuda:N."),
+    device: str = device_option(DEFAULTS.device),
     workers: int = typer.Option(DEFAULTS.workers, help="DataLoader workers decoding JPEGs."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Mark samples with a missing/corrupt image invalid instead of stopping."),
     standin_noise: float = typer.Option(StandinConfig.noise, help=f"{STANDIN_TEACHER} only: Gaussian noise norm per token, relative to a class vector's (0: exact)."),
@@ -41,11 +41,11 @@ def extract(
         raise OccfeatError("--weights and --random-teacher contradict each other; pass one")
     s = extract_features(
         dataroot, version, split, out, teacher=teacher, weights=weights, random_teacher=random_teacher,
-        input_size=parse_size(input_size, "--input-size", "HEIGHTxWIDTH", "224x406"), batch_size=batch_size, device=device, workers=workers, skip_bad=skip_bad,
+        input_size=parse_size(input_size, "--input-size", "224x406"), batch_size=batch_size, device=device, workers=workers, skip_bad=skip_bad,
         standin=StandinConfig(feature_dim=standin_dim, noise=standin_noise),
     )
     done = "already complete" if s.computed == 0 else f"{s.computed} samples in {s.seconds:.1f} s ({s.images_per_s:.1f} images/s)"
-    console.print(f"{s.out}: {s.samples} samples x {s.feature_shape} float16, {done}")
+    stdout.print(f"{s.out}: {s.samples} samples x {s.feature_shape} float16, {done}", highlight=False)
     if s.skipped:
         console.print(f"[yellow]skipped {len(s.skipped)} samples with unreadable images[/yellow] (valid=False in the file)")
     if s.provenance.source == STANDIN_TEACHER:

@@ -7,32 +7,40 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from occfeat.cli.common import console, one_line_errors
+from occfeat.cli.common import console, one_line_errors, out as stdout, print_json
 
 
 @one_line_errors
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="Finetune run dirs (each holds metrics.json)."),
+    run_dirs: list[Path] = typer.Argument(..., help="Finetune run dirs (each holds metrics.json); other folders (gt-cache/, pretraining runs) are skipped with a note, so `runs/*` works."),
     out: Path = typer.Option(..., "--out", help="Folder for table.md, table.csv, summary.csv and the PNG plots."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the PNG plots."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (one record per row and column: mean, std, n, delta) as JSON on stdout."),
 ) -> None:
     """Group finetune runs by architecture, backbone, pretraining, task and label fraction; print and write the table."""
     from occfeat.report import write_report
 
-    print_report(write_report(run_dirs, out, plots=plots))
+    res = write_report(run_dirs, out, plots=plots)
+    for line in res["skipped"]:
+        console.print(f"skipped {line}", highlight=False)
+    if as_json:
+        print_json(res["summary"].to_dict(orient="records"))
+        console.print(f"wrote {', '.join(str(p) for p in res['files'])}", highlight=False)
+        return
+    print_report(res)
 
 
 def print_report(res: dict) -> None:
-    """The table of :func:`occfeat.report.write_report` in the terminal, with its legend."""
+    """The table of :func:`occfeat.report.write_report` on stdout, with its legend; the files written on stderr."""
     table = res["table"]
     t = Table(title=f"BEV segmentation IoU ({len(res['runs'])} runs)")
     for name in table.index.names:
-        t.add_column(name, style="bold")
+        t.add_column(name, style="bold", no_wrap=True)
     for col in table.columns:
-        t.add_column(col, justify="right")
+        t.add_column(col, justify="right", no_wrap=True)
     for key, row in zip(table.index, table.itertuples(index=False)):
         t.add_row(*map(str, key), *row)
-    console.print(t)
+    stdout.print(t)
     for line in res["legend"]:
-        console.print(line, highlight=False)
+        stdout.print(line, highlight=False)
     console.print(f"wrote {', '.join(str(p) for p in res['files'])}", highlight=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from occfeat.cli.common import console, one_line_errors
+from occfeat.cli.common import console, one_line_errors, out as stdout
 from occfeat.data.voxelize import VoxelizeConfig
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
@@ -47,10 +47,10 @@ def voxelize(
         sweeps=sweeps, workers=workers, skip_bad=skip_bad, block_size=block_size, progress=progress,
     )
     if s.already_complete:
-        console.print(f"{s.out} is already complete ({s.samples} samples); nothing to do", soft_wrap=True)
+        stdout.print(f"{s.out} is already complete ({s.samples} samples); nothing to do", highlight=False)
     else:
         rate = s.written / s.seconds if s.seconds else 0.0
-        console.print(
+        stdout.print(
             f"wrote {s.out}: {s.samples} samples ({s.written} this run, {s.points:,} points, "
             f"{s.seconds:.1f} s, {rate:.1f} samples/s)",
             soft_wrap=True,

@@ -259,4 +259,9 @@ def to_dict(cfg) -> dict:
 
 
 def save_config(cfg, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(dump_config(cfg))
+
+
+def dump_config(cfg) -> str:
+    """The resolved config as YAML, as ``--print-config`` shows it and ``config.yaml`` stores it."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

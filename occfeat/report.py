@@ -22,8 +22,10 @@ import pandas as pd
 from occfeat.data.standin import STANDIN_LEGEND
 from occfeat.errors import OccfeatError
 from occfeat.files import writing
+from occfeat.grid import BevGrid
 from occfeat.tasks import TASKS
-from occfeat.train.records import NONE_LABEL, FinetuneMetrics
+from occfeat.train.records import METRICS_FILE, NONE_LABEL, FinetuneMetrics
+from occfeat.train.rundir import read_config
 
 NONE = NONE_LABEL
 # Footnote markers: (provenance flag, marker, legend text).
@@ -89,6 +91,27 @@ def load_run(run_dir: str | Path) -> dict:
         **flags,
         "marks": "".join(mark for flag, mark, _ in MARKS if flags[flag]),
     }
+
+
+def finished_runs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
+    """(finished finetune runs, "PATH: why" for each folder skipped). A shell glob such as ``runs/*`` also
+    names folders that are no finetune run: the shared ``gt-cache/``, pretraining runs, unfinished
+    runs; they are skipped with a reason rather than failing the report. A damaged metrics.json is still an
+    error (:func:`load_run`), and so is a list with no finished run at all."""
+    if not paths:
+        raise OccfeatError("no run dirs given; pass one or more finetune run dirs")
+    runs, skipped = [], []
+    for p in map(Path, paths):
+        if p.is_dir() and not (p / METRICS_FILE).is_file():
+            why = ("a pretraining run" if (p / "provenance.json").is_file() else "the shared ground-truth cache" if p.name == "gt-cache"
+                   else "no metrics.json (not a finished finetune run)")
+            skipped.append(f"{p}: {why}")
+        else:
+            runs.append(p)
+    if not runs:
+        FinetuneMetrics.read(paths[0])  # the one-line error naming the first folder and what to do
+        raise OccfeatError(f"none of the {len(paths)} folders is a finished finetune run; pass finetune run dirs (occfeat finetune --out)")
+    return runs, skipped
 
 
 def collect(run_dirs: list[str | Path]) -> pd.DataFrame:
@@ -166,9 +189,21 @@ def to_markdown(table: pd.DataFrame, notes: list[str]) -> str:
     return "\n".join(lines + [""] + [f"{n}  " for n in notes]) + "\n"
 
 
+def run_grid(run_dir: str | Path) -> BevGrid | None:
+    """The BEV grid a run was trained on (its config.yaml), for samples files that do not store it; None
+    when the config is missing or torn (the figure then needs the grid in samples.npz)."""
+    cfg = read_config(Path(run_dir) / "config.yaml")
+    try:
+        return BevGrid.from_spec(cfg["grid"]) if cfg and "grid" in cfg else None
+    except OccfeatError:
+        return None
+
+
 def write_report(run_dirs: list[str | Path], out: str | Path, plots: bool = True) -> dict:
     """Write ``table.md``, ``table.csv`` (same cells), ``summary.csv`` (numbers), ``runs.csv`` and
-    the PNG plots into ``out``. Returns {"runs", "summary", "table", "legend", "files"}."""
+    the PNG plots into ``out``. Returns {"runs", "summary", "table", "legend", "files", "skipped"}
+    (folders among ``run_dirs`` that are no finished finetune run, see :func:`finished_runs`)."""
+    run_dirs, skipped = finished_runs(run_dirs)
     runs = collect(run_dirs)
     summary = summarize(runs)
     table = wide_table(summary)
@@ -191,5 +226,5 @@ def write_report(run_dirs: list[str | Path], out: str | Path, plots: bool = True
                     # Every figure says what it stands on: the run, its pretraining and the marks of its weights/data.
                     marks = [f"{mark} {text}" for flag, mark, text in MARKS if getattr(r, flag)]
                     title = "\n".join([f"{Path(r.run).name}: BEV pretraining {r.pretraining}{r.marks}, {r.labelled} labelled", *marks])
-                    files.append(plot_samples(npz, out / f"samples-{Path(r.run).name}.png", title))
-    return {"runs": runs, "summary": summary, "table": table, "legend": notes, "files": files}
+                    files.append(plot_samples(npz, out / f"samples-{Path(r.run).name}.png", title, run_grid(r.run)))
+    return {"runs": runs, "summary": summary, "table": table, "legend": notes, "files": files, "skipped": skipped}

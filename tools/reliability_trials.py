@@ -47,7 +47,7 @@ def stage_commands(w: Path) -> dict[str, callable]:
     """stage → (out path, command for an output path, resume flag when rerunning)."""
     root = w / "ref-root"
     return {
-        "synth": lambda out: cli("synth", "--out", out, "--scenes", 2, "--samples-per-scene", 3, "--image-size", "96x54"),
+        "synth": lambda out: cli("synth", "--out", out, "--scenes", 2, "--samples-per-scene", 3, "--image-size", "54x96"),
         "voxelize": lambda out: cli("voxelize", "--dataroot", root, "--version", VERSION, "--split", SPLIT, "--out", out,
                                     "--recipe", PRE, "--block-size", 1, "--no-progress"),
         "extract": lambda out: cli("extract", "--dataroot", root, "--version", VERSION, "--split", SPLIT, "--out", out,
@@ -209,7 +209,7 @@ def bad_inputs(w: Path) -> list[tuple[str, list[str]]]:
 
 def bad_input_trials(w: Path) -> list[tuple]:
     if (w / "ref-root").exists() and not (w / "trial-root").exists():
-        run(cli("synth", "--out", w / "trial-root", "--scenes", 2, "--samples-per-scene", 3, "--image-size", "96x54", "--seed", 5))
+        run(cli("synth", "--out", w / "trial-root", "--scenes", 2, "--samples-per-scene", 3, "--image-size", "54x96", "--seed", 5))
     rows = []
     for name, cmd in bad_inputs(w):
         r = run(cmd)

@@ -385,14 +385,16 @@ def run_finetune(
                                version=version, step=summary["step"], epoch=summary["epoch"], checkpoint=str(summary["checkpoint"]),
                                distillation=distillation)
     metrics.write(out)
-    write_samples(out, samples)
+    write_samples(out, samples, cfg.grid)
     return metrics
 
 
-def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True) -> FinetuneMetrics:
-    """Re-evaluate a finetune run's last checkpoint on ``split`` (default: its val split); rewrites
-    ``metrics.json`` and ``samples.npz`` when that is the run's own val split, else writes
-    ``metrics-<split>.json``. Returns the record."""
+def run_evaluate(
+    run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True, device: str | None = None
+) -> FinetuneMetrics:
+    """Re-evaluate a finetune run's last checkpoint on ``split`` (default: its val split) on ``device``
+    (default: the run's ``train.device``); rewrites ``metrics.json`` and ``samples.npz`` when that is the
+    run's own val split, else writes ``metrics-<split>.json``. Returns the record."""
     run_dir = Path(run_dir)
     retrain = f"move it aside and rerun the finetune command with --out {run_dir} --resume to train it again"
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", if_damaged=retrain)
@@ -401,6 +403,8 @@ def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | 
         raise OccfeatError(f"{run_dir} is not an occfeat finetune run (its checkpoint holds no segmentation model)")
     config = {k: v for k, v in ckpt["config"].items() if k not in ("init", "data")}
     cfg = config_from_dict(config)
+    if device is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
     data = payload["data"]
     root = Path(dataroot) if dataroot is not None else Path(data["dataroot"])
     split = split or data["val_split"]
@@ -420,7 +424,7 @@ def run_evaluate(run_dir: str | Path, split: str | None = None, dataroot: str | 
                                distillation=payload.get("distillation", {}))
     if split == data["val_split"]:
         metrics.write(run_dir)
-        write_samples(run_dir, samples)
+        write_samples(run_dir, samples, cfg.grid)
     else:
         metrics.write(run_dir, f"metrics-{split}.json")
     return metrics

@@ -246,6 +246,7 @@ def pretrain(
     out: str | Path,
     split: str = "train",
     resume: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Build the task and run it; returns :func:`fit`'s summary plus ``provenance``."""
     task = PretrainTask(cfg, dataroot, version, occupancy, features, split)
