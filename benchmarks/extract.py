@@ -18,12 +18,12 @@ frames x 6 cameras): time at the end-to-end rate and the file size.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import describe  # benchmarks/machine.py: the hardware line
 
 from occfeat.data.extract import DEFAULTS, build_teacher, extract_features, load_image, normalize, patch_tokens, resolve_device
 from occfeat.data.index import CAMERAS, SampleIndex
@@ -68,8 +68,7 @@ def main() -> None:
 
     dev = resolve_device(args.device)
     input_size = hw(args.input_size)
-    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none"
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, GPU: {gpu}")
+    print(f"machine: {describe()}")
     print(f"teacher {DEFAULTS.teacher} RANDOM-INIT, input {input_size[0]}x{input_size[1]}, batch {args.batch_size}, "
           f"workers {args.workers}, device {dev}")
     with tempfile.TemporaryDirectory() as d:

@@ -13,13 +13,13 @@ On a small synthetic world (``occfeat synth``), CPU; prints the ratios.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe  # benchmarks/machine.py: the hardware line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def main() -> None:
         t0 = time.perf_counter()
         extract_features(root, "v1.0-mini", "all", tmp / f"{name[:4]}.h5", input_size=(224, 406), progress=False, **kw)
         rates[name] = n_images / (time.perf_counter() - t0)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"machine: {describe()}")
     print(f"extract, {n_images} images at 224x406: stand-in {rates['stand-in']:.1f} img/s vs random ViT-S/14 "
           f"{rates['random ViT-S/14']:.1f} img/s -> stand-in {rates['stand-in'] / rates['random ViT-S/14']:.1f}x faster")
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import multiprocessing as mp
-import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import describe  # benchmarks/machine.py: the hardware line
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINVAL_TRAIN_SAMPLES = 28_130
@@ -114,8 +114,7 @@ def main() -> None:
 
     dev = resolve_device(args.device, DistEnv())
     amp = args.amp == "bf16" or (args.amp == "auto" and dev.type == "cuda")
-    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "none"
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, GPU: {gpu}")
+    print(f"machine: {describe()}")
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         t = time.perf_counter()

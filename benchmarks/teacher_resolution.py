@@ -23,8 +23,6 @@ ViT-S/14 file, as ``occfeat extract --weights`` takes) the same measurement runs
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,6 +35,7 @@ sys.path.insert(0, str(REPO))  # this checkout's occfeat, the same code the `pyt
 import numpy as np  # noqa: E402
 import timm
 import torch
+from machine import describe  # benchmarks/machine.py: the hardware line
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
@@ -91,8 +90,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=None, help="teacher weights file (default: a seeded RANDOM-INIT teacher)")
     args = ap.parse_args()
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-          f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+    print(f"machine: {describe()}")
     if args.weights is None:
         print(f"teacher {DEFAULTS.teacher}: RANDOM-INIT weights (seed {RANDOM_TEACHER_SEED}), the same file at both sizes; "
               "NOT DINOv2 — see the docstring for what this does and does not show")

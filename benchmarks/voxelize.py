@@ -19,7 +19,6 @@ grids written bit-packed vs uint8 (one chunk per sample), file size and random-r
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from occfeat.data.index import SampleIndex
 from occfeat.data.occupancy import pack_occupancy, unpack_occupancy, voxelize_points, voxelize_points_packed
 from occfeat.data.voxelize import build_occupancy, job_points, sweep_job
 from occfeat.grid import BevGrid
+
+from machine import describe  # benchmarks/machine.py: the hardware line
 
 TRAINVAL_KEY_FRAMES = 34_149
 NUSCENES_POINTS_PER_SWEEP = 34_000
@@ -77,7 +78,7 @@ def main() -> None:
     from occfeat.data.synth import SynthConfig, write_dataroot
 
     grid = BevGrid()  # the paper's grid: what users build
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}; grid {grid.shape}")
+    print(f"machine: {describe()}; grid {grid.shape}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         root = tmp / "dataroot"
