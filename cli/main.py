@@ -19,13 +19,31 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        version()
+        raise typer.Exit()
+
+
 app = typer.Typer(
     name="occfeat",
-    help="Self-supervised OccFeat pretraining of camera-only BEV segmentation networks.",
+    help="Self-supervised OccFeat pretraining of camera-only BEV segmentation networks.\n\n"
+    "Pipeline: synth → voxelize → extract → pretrain → finetune → evaluate → report (demo / study: all of it). "
+    "Results go to stdout, progress and notes to stderr.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def main(
+    show_version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Self-supervised OccFeat pretraining of camera-only BEV segmentation networks."""
+
+
 app.command("version")(version)
 app.command("synth")(synth.synth)
 app.command("voxelize")(voxelize.voxelize)
