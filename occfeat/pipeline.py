@@ -139,7 +139,7 @@ def _stage(console, title: str):
     console.rule(f"[bold]{title}")
 
 
-def _ensure_dataroot(cfg: StudyConfig, root: Path, console) -> None:
+def _ensure_dataroot(cfg: StudyConfig, root: Path, console, progress: bool = True) -> None:
     from occfeat.data.synth import write_dataroot
 
     marker = root / SYNTH_MARKER
@@ -152,7 +152,7 @@ def _ensure_dataroot(cfg: StudyConfig, root: Path, console) -> None:
         raise OccfeatError(f"{root} holds a synthetic world made with another config; use another --out or delete it")
     if root.exists() and any(root.iterdir()):
         raise OccfeatError(f"{root} exists and is not an occfeat synthetic world; use another --out")
-    write_dataroot(root, cfg.synth, overwrite=root.exists())
+    write_dataroot(root, cfg.synth, overwrite=root.exists(), progress=progress)
 
 
 def _finetune_schedule(n_train: int, fraction: float, batch: int, accum: int, epoch_scale: float) -> dict:
@@ -289,10 +289,10 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     root = out / "dataroot"
     version = cfg.synth.version
     _stage(console, "1/6 synth: a nuScenes-format world")
-    timed("synth", lambda: _ensure_dataroot(cfg, root, console))
+    timed("synth", lambda: _ensure_dataroot(cfg, root, console, progress))
 
     (out / "grid.json").write_text(grid.to_json())
-    index = SampleIndex(root, version, cfg.train_split)
+    index = SampleIndex(root, version, cfg.train_split, progress=progress)
 
     _stage(console, "2/6 voxelize: LiDAR → occupancy")
     occ = out / "caches" / "occupancy.h5" if "occupancy" in sources else None
@@ -331,7 +331,7 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
                           f"seed {seeded.train.seed}) → {run}")
             features = control_feats if name in controls else feats
             timed(f"pretrain/{run.name}", lambda: pretrain(seeded, root, version, occ, features, run, split=cfg.train_split,
-                                                           resume=_started(run)))
+                                                           resume=_started(run), progress=progress))
             inits[name, pseed] = run
 
     _stage(console, "5/6 finetune: BEV segmentation with few labels")

@@ -30,10 +30,11 @@ def test_fit_writes_run_dir_and_learns(tmp_path):
     assert [r["step"] for r in m] == list(range(1, 19)) and out["step"] == 18
     assert sum(r["loss"] for r in m[-6:]) < 0.2 * sum(r["loss"] for r in m[:6])
     assert {"lr", "loss", "mae", "samples_per_s", "epoch"} <= set(m[0]) and m[5]["epoch"] == 1.0
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001.pt", "epoch_002.pt", "epoch_003.pt", "last.pt"]
+    # train.keep_snapshots=1 (the default): the newest epoch's weights beside last.pt
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_003.pt", "last.pt"]
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ck["step"] == 18 and ck["config"]["train"]["lr"] == 0.3 and {"optimizer", "scheduler", "rng"} <= set(ck)
-    assert "optimizer" not in load_checkpoint(run / "checkpoints" / "epoch_001.pt")
+    assert "optimizer" not in load_checkpoint(run / "checkpoints" / "epoch_003.pt")
     assert "lr: 0.3" in (run / "config.yaml").read_text()
 
 
@@ -138,6 +139,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     ddp, single = rows(tmp_path / "ddp"), rows(tmp_path / "single")
     # Each rank takes 2 of the same 4 samples; the all-reduced mean loss equals the 1-process batch-4 loss.
     assert [r["step"] for r in ddp] == [r["step"] for r in single]  # rank 0 alone wrote: no duplicate rows
+    assert len(list((tmp_path / "ddp" / "tensorboard").glob("events.out.tfevents.*"))) == 1  # nor event files
     for a, b in zip(ddp, single):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     w_ddp = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["task"]["model"]

@@ -26,7 +26,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from occfeat import __version__
 from occfeat.data.index import CAMERAS, SampleIndex
@@ -34,6 +33,7 @@ from occfeat.data.standin import STANDIN_TEACHER, StandinConfig, build_standin, 
 from occfeat.data.store import CacheReader, CacheWriter, Payload
 from occfeat.errors import OccfeatError
 from occfeat.procs import die_with_parent
+from occfeat.progress import progress_bar
 from occfeat.weights import Provenance, create_timm_model
 
 KIND = "teacher_features"
@@ -247,7 +247,7 @@ def extract_features(
     if batch_size < 1 or workers < 0:
         raise OccfeatError(f"--batch-size must be >= 1 and --workers >= 0 (got {batch_size}, {workers})")
     dev = resolve_device(device)
-    index = index if index is not None else SampleIndex(dataroot, version, split)
+    index = index if index is not None else SampleIndex(dataroot, version, split, progress=progress)
     if teacher == STANDIN_TEACHER:
         if weights is not None or random_teacher:
             raise OccfeatError("the semantic stand-in teacher takes no weights; drop --weights/--random-teacher")
@@ -321,7 +321,7 @@ def _run_blocks(writer, index, pending, model, info, dev, batch_size, workers, s
     block_of = {row: (start, stop) for start, stop in pending for row in range(start, stop)}
     buffers: dict[tuple[int, int], dict] = {}
     # The bar is closed before an error propagates, so the CLI's error line stands alone below it.
-    with tqdm(total=len(items), unit="img", desc="extract", disable=not progress, dynamic_ncols=True) as bar, torch.inference_mode():
+    with progress_bar(total=len(items), unit="img", desc="extract", enabled=progress) as bar, torch.inference_mode():
         for images, rows, cams, errors in loader:
             bad = [i for i, e in enumerate(errors) if e]
             if bad and not skip_bad:

@@ -43,11 +43,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from occfeat.errors import OccfeatError
 from occfeat.geometry import apply_4x4, invert_rigid
 from occfeat.grid import BevGrid
+from occfeat.progress import progress_bar
 from occfeat.tasks import TASKS as TASK_LABELS
 
 VEHICLE_PREFIX = "vehicle."
@@ -321,7 +321,7 @@ def box_table(index, folder: str | Path | None = None, progress: bool = False) -
         if table is not None:
             return table
     starts, corners, centres, vis, pts = [0], [], [], [], []
-    for token in tqdm(index.tokens, desc=f"vehicle boxes ({index.split})", disable=not progress):
+    for token in progress_bar(index.tokens, desc=f"vehicle boxes ({index.split})", enabled=progress):
         for b in vehicle_boxes(index, index.record(token)):
             corners.append(b.bottom_corners().T)  # (4, 3), in order around the bottom face
             centres.append(b.center)

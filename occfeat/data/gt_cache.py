@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from occfeat.data.gt import GT_FORMAT, GtConfig, VehicleGt, box_table, check_task, task_classes
 from occfeat.data.gt_map import MapGt
 from occfeat.data.store import CacheReader, CacheWriter, Payload
 from occfeat.grid import BevGrid
+from occfeat.progress import progress_bar
 
 
 def gt_spec(index, grid: BevGrid, task: str, cfg: GtConfig) -> dict:
@@ -89,7 +89,7 @@ def build_gt_cache(index, grid: BevGrid, task: str, path: str | Path, cfg: GtCon
         pending = writer.pending()
         if pending:
             source = source or gt_source(index, grid, task, cfg)
-            with tqdm(total=sum(b - a for a, b in pending), desc=f"ground truth ({task}, {index.split})", disable=not progress) as bar:
+            with progress_bar(total=sum(b - a for a, b in pending), desc=f"ground truth ({task}, {index.split})", enabled=progress) as bar:
                 for start, stop in pending:
                     targets, masks = [], []
                     for token in index.tokens[start:stop]:

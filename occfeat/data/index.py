@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,6 +28,7 @@ import numpy as np
 
 from occfeat.errors import OccfeatError
 from occfeat.geometry import invert_rigid, transform_from_pose
+from occfeat.progress import past_delay, progress_bar
 
 # Canonical camera order (clockwise from the front). Stamped into every cache that stores per-camera data.
 CAMERAS: tuple[str, ...] = (
@@ -99,9 +101,43 @@ def is_synthetic(dataroot: str | Path) -> bool:
     return (Path(dataroot) / SYNTH_MARKER).is_file()
 
 
-def load_nuscenes(dataroot: str | Path, version: str):
-    """``NuScenes(version, dataroot)`` with a one-line error for the usual mistakes."""
-    from nuscenes.nuscenes import NuScenes
+def synth_config(dataroot: str | Path) -> dict:
+    """The SynthConfig (as a dict) a synthetic world was written with, from its marker; {} for any other
+    dataroot. Fields added to SynthConfig since the world was written are missing (their defaults)."""
+    try:
+        config = json.loads((Path(dataroot) / SYNTH_MARKER).read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+DEVKIT_BAR_DELAY_S = 2.0
+"""The devkit load shows progress only when it takes longer than this: a small world loads in a fraction
+of a second, v1.0-trainval's tables (hundreds of MB of JSON) take tens of seconds."""
+
+
+def _with_progress(NuScenes: type, bar) -> type:
+    """The devkit's NuScenes class, advancing ``bar`` by each table file's bytes as it is loaded (the
+    devkit itself prints nothing useful with verbose=False, and its load is most of a short stage)."""
+
+    class NuScenesWithProgress(NuScenes):
+        def __load_table__(self, table_name: str) -> dict:
+            table = super().__load_table__(table_name)
+            bar.update(os.path.getsize(os.path.join(self.table_root, f"{table_name}.json")))
+            return table
+
+        def __make_reverse_index__(self, verbose: bool) -> None:
+            # Redrawn only if the bar is showing already (a redraw before its delay would show it early).
+            bar.set_description(f"nuScenes tables {self.version} (indexing)", refresh=past_delay(bar))
+            super().__make_reverse_index__(verbose)
+
+    return NuScenesWithProgress
+
+
+def load_nuscenes(dataroot: str | Path, version: str, progress: bool = True):
+    """``NuScenes(version, dataroot)`` with a one-line error for the usual mistakes; a progress bar
+    (:mod:`occfeat.progress`) over the table bytes when the load takes longer than a couple of seconds."""
+    from nuscenes.nuscenes import NuScenes  # before the bar starts: importing the devkit takes seconds itself
 
     root = Path(dataroot)
     if not root.is_dir():
@@ -109,9 +145,14 @@ def load_nuscenes(dataroot: str | Path, version: str):
     if not (root / version).is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("v1.0"))
         raise OccfeatError(f"no '{version}' folder in {root} (found: {', '.join(found) or 'none'}); check --version")
+    # The tables' bytes; splits.json holds the devkit's custom splits, read later by get_scenes_of_split.
+    total = sum(p.stat().st_size for p in (root / version).glob("*.json") if p.name != "splits.json")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return NuScenes(version=version, dataroot=str(root), verbose=False)
+        with contextlib.redirect_stdout(io.StringIO()), progress_bar(
+            total=total, desc=f"nuScenes tables {version}", enabled=progress, delay=DEVKIT_BAR_DELAY_S,
+            unit="B", unit_scale=True, unit_divisor=1024,
+        ) as bar:
+            return _with_progress(NuScenes, bar)(version=version, dataroot=str(root), verbose=False)
     except (AssertionError, FileNotFoundError, KeyError, ValueError) as e:
         # The devkit asserts on missing tables and raises on malformed JSON.
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -121,11 +162,11 @@ def load_nuscenes(dataroot: str | Path, version: str):
 class SampleIndex:
     """The key frames of one split of a nuScenes-format dataroot, read through the devkit."""
 
-    def __init__(self, dataroot: str | Path, version: str, split: str | None = "train", nusc=None):
+    def __init__(self, dataroot: str | Path, version: str, split: str | None = "train", nusc=None, progress: bool = True):
         self.dataroot = Path(dataroot)
         self.version = version
         self.split = split
-        self.nusc = nusc if nusc is not None else load_nuscenes(dataroot, version)
+        self.nusc = nusc if nusc is not None else load_nuscenes(dataroot, version, progress)
         self.scenes = self._resolve_split(split)
         self.tokens: list[str] = [t for scene in self.scenes for t in self._scene_sample_tokens(scene)]
 

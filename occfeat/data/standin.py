@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from occfeat.errors import OccfeatError
+from occfeat.progress import progress_bar
 
 # The report reads this module's stamp and must not pay for torch/timm/the devkit, which the data
 # modules import (occfeat.data.synth's package imports the writer): those are imported where used.
@@ -147,7 +147,7 @@ def run_standin_blocks(writer, index: SampleIndex, pending, teacher: StandinTeac
 
     n_cam, (hp, wp), c = len(CAMERAS), (teacher.input_size[0] // teacher.cfg.patch_size, teacher.input_size[1] // teacher.cfg.patch_size), teacher.cfg.feature_dim
     n_images = 0
-    with tqdm(total=sum(b - a for a, b in pending) * n_cam, unit="img", desc="extract", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(total=sum(b - a for a, b in pending) * n_cam, unit="img", desc="extract", enabled=progress) as bar:
         for start, stop in pending:
             feats = np.zeros((stop - start, n_cam, hp, wp, c), np.float16)
             valid = np.ones(stop - start, bool)

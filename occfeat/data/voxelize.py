@@ -23,16 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from occfeat import __version__
-from occfeat.data.index import EGO_BOX, LIDAR, POINT_BYTES, SampleIndex, SampleRecord, read_points
+from occfeat.data.index import EGO_BOX, LIDAR, POINT_BYTES, SampleIndex, SampleRecord, read_points, synth_config
 from occfeat.data.occupancy import FORMAT, KIND, crop_to_reference_grids, points_in_frame, transform_drop_box, voxelize_points
 from occfeat.data.store import CacheWriter, Payload
 from occfeat.errors import OccfeatError
 from occfeat.geometry import invert_rigid
 from occfeat.grid import BevGrid
 from occfeat.procs import die_with_parent
+from occfeat.progress import progress_bar
 
 __all__ = ["VoxelizeConfig", "VoxelizeSummary", "SweepJob", "LidarGrid", "sample_points_ego", "voxelize_points", "build_occupancy"]
 
@@ -213,10 +213,16 @@ def build_occupancy(
     """
     if sweeps < 1:
         raise OccfeatError(f"--sweeps must be >= 1, got {sweeps}")
+    # A synthetic world may hold fewer sweeps than nuScenes' 10: the devkit's prev chain would then run
+    # back through earlier key frames, seconds instead of 50 ms apart, and silently smear the grid.
+    written = synth_config(dataroot).get("sweeps")
+    if written is not None and sweeps > written:
+        raise OccfeatError(f"--sweeps {sweeps}: the synthetic world {dataroot} holds {written} LiDAR sweep(s) per key frame; "
+                           f"use --sweeps {written} or less, or write the world again with `occfeat synth --sweeps {sweeps}`")
     if workers < 0:
         raise OccfeatError(f"--workers must be >= 0, got {workers}")
     t0 = time.perf_counter()
-    index = index or SampleIndex(dataroot, version, split)
+    index = index or SampleIndex(dataroot, version, split, progress=progress)
     out = Path(out)
     writer = CacheWriter(
         out,
@@ -228,7 +234,7 @@ def build_occupancy(
     summary = VoxelizeSummary(out=out, samples=len(index.tokens), already_complete=writer.complete)
     blocks = writer.pending()
     todo = sum(stop - start for start, stop in blocks)
-    bar = tqdm(total=todo, unit="sample", desc="voxelize", disable=not progress or todo == 0, dynamic_ncols=True)
+    bar = progress_bar(total=todo, unit="sample", desc="voxelize", enabled=progress and todo > 0)
 
     def jobs_of(start: int, stop: int) -> list[SweepJob | OccfeatError]:
         jobs: list[SweepJob | OccfeatError] = []

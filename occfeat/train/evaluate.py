@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate
-from tqdm import tqdm
 
 from occfeat.metrics import IoUAccumulator
+from occfeat.progress import progress_bar
 from occfeat.files import writing
 
 THUMB_SCALE = 4  # camera thumbnails in samples.npz at 1/4 of the input size
@@ -43,7 +43,7 @@ def evaluate(
     acc = IoUAccumulator(classes)
     keep: dict[str, list] = {"tokens": [], "cameras": [], "target": [], "prob": [], "valid": []}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=default_collate)
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, unit="batch"):
+    for batch in progress_bar(loader, desc="evaluate", enabled=progress, unit="batch"):
         tokens = batch.pop("token")
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(batch).float()

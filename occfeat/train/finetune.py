@@ -335,7 +335,7 @@ def run_finetune(
     out = Path(out)
     if not resume and run_started(out):  # before the slow setup; fit checks it again
         raise OccfeatError(f"run dir {out} already exists; pass --resume to continue it or choose another --out")
-    train_index = SampleIndex(dataroot, version, split)
+    train_index = SampleIndex(dataroot, version, split, progress=progress)
     val_index = SampleIndex(dataroot, version, val_split, nusc=train_index.nusc)
     chosen = set(select_labelled(train_index.tokens, cfg.fraction, cfg.train.seed))
     labelled = [t for t in train_index.tokens if t in chosen]  # the split's order, for readability
@@ -369,7 +369,7 @@ def run_finetune(
         done_evals = {row.get("step") for row in rows}
     first = True
     for stop in [*stops, total]:
-        summary = fit(task, dataclasses.replace(cfg.train, max_steps=stop), out, resume=resume or not first)
+        summary = fit(task, dataclasses.replace(cfg.train, max_steps=stop), out, resume=resume or not first, progress=progress)
         if first:
             write_or_check_tokens(out / LABELLED_TOKENS, labelled)
             first = False
@@ -408,7 +408,7 @@ def run_evaluate(
     data = payload["data"]
     root = Path(dataroot) if dataroot is not None else Path(data["dataroot"])
     split = split or data["val_split"]
-    index = SampleIndex(root, data["version"], split)
+    index = SampleIndex(root, data["version"], split, progress=progress)
     # The checkpoint replaces every weight: no ImageNet file needed to rebuild the network.
     network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
     model = SegmentationModel(network, len(task_classes(cfg.task, cfg.gt))).to(_device(cfg))

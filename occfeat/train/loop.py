@@ -16,9 +16,12 @@ A *task* says what is trained and how the loss is computed; the loop owns everyt
 - optional ``task.resolve_saved(saved) -> dict``: a saved config in today's schema (``--resume`` compares
   it with ``config_dict()``, so configs written by earlier versions still resume).
 
-Run dir: ``config.yaml``, ``metrics.jsonl`` (one row per logging step), ``checkpoints/last.pt`` (the
-full state, rewritten atomically every epoch) and ``checkpoints/epoch_NNN.pt`` (task payload + config +
-step, kept for every epoch). Resume is exact: the data order is a pure function of (seed, epoch), the
+Run dir: ``config.yaml``, ``metrics.jsonl`` (one row per logging step), ``tensorboard/`` (the same
+scalars as TensorBoard events, :mod:`occfeat.train.tblog`), ``checkpoints/last.pt`` (the full state,
+rewritten atomically every epoch) and ``checkpoints/epoch_NNN.pt`` (task payload + config + step, the
+newest ``train.keep_snapshots`` epochs). A run that finished every epoch of a schedule that cannot be
+extended (onecycle) keeps only the weights in last.pt: its optimizer state, twice the weights' size,
+could never be used again. Resume is exact: the data order is a pure function of (seed, epoch), the
 position inside an epoch follows from the step count, and RNG states are restored. How each file is
 written so that a kill or a full disk never leaves a run that cannot continue: :mod:`occfeat.train.rundir`.
 """
@@ -39,20 +42,23 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from tqdm import tqdm
 
 from occfeat.errors import OccfeatError
 from occfeat.files import write_text_atomic, writing
 from occfeat.lock import output_lock
 from occfeat.train import dist as D
+from occfeat.progress import progress_bar
 from occfeat.train.rundir import (  # noqa: F401 - re-exported: the loop's checkpoint API
     CHECKPOINT_FORMAT,
     atomic_save,
     config_diff,
+    extendable,
     load_checkpoint,
     prepare_run_dir,
+    prune_snapshots,
     truncate_metrics,
 )
+from occfeat.train.tblog import log_scalars, open_writer
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,11 @@ class TrainConfig:
     """"auto" (this rank's CUDA device, else CPU), "cpu", "cuda"."""
     max_steps: int = 0
     """Stop after this many optimizer steps in total (0: run every epoch); writes a resumable checkpoint."""
-    keep_snapshots: int = 0
-    """Epoch snapshots (checkpoints/epoch_NNN.pt) to keep, the newest; 0: every epoch's. last.pt (what
-    --resume reads) is always kept. A 1 % finetune runs 100 epochs: 100 snapshots of the whole model."""
+    keep_snapshots: int = 1
+    """Epoch snapshots (checkpoints/epoch_NNN.pt, the weights alone) to keep, the newest; 0: none; at
+    least ``epochs``: every epoch's. last.pt is always kept: --resume, ``finetune --init RUN`` and
+    evaluation read it. One by default: the final weights as a file a third of last.pt's size (no
+    optimizer state) that ``finetune --init`` takes, without a 1 % finetune's 100 epochs filling the disk."""
 
 
 class Task(Protocol):
@@ -177,7 +185,7 @@ def _check(cfg: TrainConfig, env: D.DistEnv, n_samples: int) -> tuple[int, int]:
         if getattr(cfg, name) < 1:
             raise OccfeatError(f"train.{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.keep_snapshots < 0:
-        raise OccfeatError(f"train.keep_snapshots must be >= 0 (0 keeps every epoch's snapshot), got {cfg.keep_snapshots}")
+        raise OccfeatError(f"train.keep_snapshots must be >= 0 (0 keeps no epoch snapshot, only last.pt), got {cfg.keep_snapshots}")
     if cfg.amp not in ("auto", "bf16", "off"):
         raise OccfeatError(f"train.amp={cfg.amp!r} is not one of auto, bf16, off")
     if cfg.batch_size % env.world_size:
@@ -192,20 +200,29 @@ def _check(cfg: TrainConfig, env: D.DistEnv, n_samples: int) -> tuple[int, int]:
     return per_rank, steps
 
 
-def fit(task: Task, cfg: TrainConfig, run_dir: str | Path, resume: bool = False) -> dict:
+def fit(task: Task, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+        name: str | None = None) -> dict:
     """Train ``task`` under ``cfg``, writing into ``run_dir``. Returns a summary dict:
-    {"step", "epoch", "last" (the last metrics row), "checkpoint" (path of last.pt), "samples_per_s"}."""
+    {"step", "epoch", "last" (the last metrics row), "checkpoint" (path of last.pt), "samples_per_s"}.
+
+    ``progress``: the main process draws a bar labelled ``<name> epoch k/N`` (``name`` defaults to the run
+    dir's name; whole lines when stderr is not a terminal, :mod:`occfeat.progress`); False: silent."""
     run_dir = Path(run_dir)
     env = D.init_distributed()
     try:
         # One writer per run dir (rank 0 holds it for the whole run): a second command on it gets one line.
         with output_lock(run_dir, "run dir") if env.is_main else contextlib.nullcontext():
-            return _fit(task, cfg, run_dir, resume, env)
+            return _fit(task, cfg, run_dir, resume, env, progress, name or run_dir.name)
     finally:
         D.shutdown(env)
 
 
-def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistEnv) -> dict:
+def epoch_label(name: str, step: int, steps_per_epoch: int, epochs: int) -> str:
+    """The bar's description: ``"<name> epoch k/N"`` for the epoch the next step belongs to (1-based)."""
+    return f"{name} epoch {min(step // steps_per_epoch + 1, epochs)}/{epochs}"
+
+
+def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistEnv, progress: bool, run_name: str) -> dict:
     device = D.resolve_device(cfg.device, env)
     config = task.config_dict()
     per_rank, steps_per_epoch = _check(cfg, env, len(task.train_set))
@@ -243,10 +260,14 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
         truncate_metrics(metrics_path, 0)  # killed before its first checkpoint: start over cleanly
     if ckpt is not None:
         task.load_checkpoint_payload(ckpt["task"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
         step = int(ckpt["step"])
-        _set_rng_state(ckpt["rng"])
+        if "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            _set_rng_state(ckpt["rng"])
+        elif step < stop_step:  # the weights-only last.pt of a finished onecycle run (see save below)
+            raise OccfeatError(f"{run_dir / 'checkpoints' / 'last.pt'} is the final checkpoint of a finished run (weights only, "
+                               f"no optimizer state) and cannot train further; start a new --out")
         if env.is_main:
             truncate_metrics(metrics_path, step)
     train_model = model
@@ -259,7 +280,9 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
     use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     last_good = ckpt_dir / "last.pt" if ckpt is not None else None
     ckpt_step = step  # the step last.pt holds
-
+    # TensorBoard: the main process, and only when there is something to log. On resume, TensorBoard drops
+    # the events the killed invocation logged after the checkpoint (purge_step: the next step logged).
+    writer = open_writer(run_dir, purge_step=step + 1 if resume else None) if env.is_main and step < stop_step else None
 
     def save(epoch_done: bool) -> Path:
         state = {
@@ -272,25 +295,28 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
         }
         # A failed write (full disk, read-only folder) leaves the previous last.pt whole: say how to go on from it.
         then = f"rerun with --resume (it continues from step {ckpt_step})"
-        if epoch_done:  # weights-only snapshot per epoch (what finetune --init can point at)
-            epoch = step // steps_per_epoch
-            atomic_save(state, ckpt_dir / f"epoch_{epoch:03d}.pt", then)
-            if cfg.keep_snapshots > 0:  # only the newest keep_snapshots
-                for old in ckpt_dir.glob("epoch_*.pt"):
-                    if old.stem[6:].isdigit() and int(old.stem[6:]) <= epoch - cfg.keep_snapshots:
-                        old.unlink(missing_ok=True)
-        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=_rng_state())
+        if epoch_done:  # weights-only snapshot per epoch (what finetune --init can point at), the newest few
+            if cfg.keep_snapshots > 0:
+                atomic_save(state, ckpt_dir / f"epoch_{step // steps_per_epoch:03d}.pt", then)
+            prune_snapshots(ckpt_dir, cfg.keep_snapshots)
+        # A finished run whose schedule cannot be extended never steps again: its last.pt needs the weights alone.
+        if step < total_steps or extendable(cfg.schedule):
+            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=_rng_state())
         atomic_save(state, ckpt_dir / "last.pt", then)
+        if writer is not None:
+            writer.flush()  # the events up to the checkpoint are on disk whenever last.pt is
         return ckpt_dir / "last.pt"
 
     samples_per_step = cfg.batch_size * cfg.grad_accum
-    bar = tqdm(total=stop_step, initial=step, disable=not env.is_main, unit="step", dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(total=stop_step, initial=step, enabled=env.is_main and progress, unit="step",
+                       desc=epoch_label(run_name, step, steps_per_epoch, cfg.epochs))
     last_row: dict = {}
     t_run, steps_run = time.perf_counter(), 0
     t_log, steps_since_log = time.perf_counter(), 0
     model.train()
     while step < stop_step:
         epoch = step // steps_per_epoch
+        bar.set_description(epoch_label(run_name, step, steps_per_epoch, cfg.epochs), refresh=False)
         if hasattr(task.train_set, "set_epoch"):
             task.train_set.set_epoch(epoch)
         # The position inside the epoch follows from the step count: skip what earlier steps consumed.
@@ -332,6 +358,8 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
                 what = "loss" if vec[0] > 0 else "gradient norm"
                 where = f"last good checkpoint kept at {last_good}" if last_good else "no checkpoint was written yet"
                 bar.close()
+                if writer is not None:
+                    writer.close()
                 raise OccfeatError(
                     f"{what} became NaN/inf at step {step + 1} (epoch {epoch + 1}); {where}; lower the lr or check the inputs"
                 )
@@ -358,6 +386,7 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
                 if env.is_main:
                     with writing(metrics_path, then="rerun with --resume"), open(metrics_path, "a") as f:
                         f.write(json.dumps(last_row) + "\n")
+                    log_scalars(writer, last_row, step)
                 bar.set_postfix({**{k: f"{v:.4f}" for k, v in terms.items()}, "samples/s": f"{last_row['samples_per_s']:.1f}"})
         del batches  # ends this epoch's workers before the next epoch starts its own
         epoch_done = step % steps_per_epoch == 0
@@ -365,6 +394,8 @@ def _fit(task: Task, cfg: TrainConfig, run_dir: Path, resume: bool, env: D.DistE
             last_good, ckpt_step = save(epoch_done), step
         D.barrier(env)
     bar.close()
+    if writer is not None:
+        writer.close()
     elapsed = time.perf_counter() - t_run
     return {
         "step": step,

@@ -163,7 +163,8 @@ class PretrainTask:
     """A pretraining run for :func:`occfeat.train.loop.fit`."""
 
     def __init__(
-        self, cfg: PretrainConfig, dataroot: str | Path, version: str, occupancy: str | Path | None, features: str | Path | None, split: str = "train"
+        self, cfg: PretrainConfig, dataroot: str | Path, version: str, occupancy: str | Path | None, features: str | Path | None, split: str = "train",
+        progress: bool = True,
     ):
         if not cfg.objectives:
             raise OccfeatError(f"the recipe lists no objectives; name at least one of {', '.join(registry())}")
@@ -172,7 +173,7 @@ class PretrainTask:
                                f"student ({', '.join(sorted(camera_networks()))}): train a LiDAR teacher with `occfeat finetune`")
         reg = registry()
         needed = {s for name in cfg.objectives for s in reg[name].sources}
-        index = SampleIndex(dataroot, version, split)
+        index = SampleIndex(dataroot, version, split, progress=progress)
         # A cache no objective reads is neither needed nor opened (e.g. no teacher for occupancy-only runs).
         sources = Sources(
             cfg.grid,
@@ -248,9 +249,10 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Build the task and run it; returns :func:`fit`'s summary plus ``provenance``."""
-    task = PretrainTask(cfg, dataroot, version, occupancy, features, split)
-    summary = fit(task, task.cfg.train, out, resume=resume)
+    """Build the task and run it; returns :func:`fit`'s summary plus ``provenance``. ``progress``: the
+    devkit load's and the training's bars (labelled with the run dir's name and the epoch)."""
+    task = PretrainTask(cfg, dataroot, version, occupancy, features, split, progress=progress)
+    summary = fit(task, task.cfg.train, out, resume=resume, progress=progress)
     return {**summary, "provenance": task.provenance}
 
 

@@ -27,8 +27,8 @@ from occfeat.files import tmp_path, write_text_atomic, writing
 # /2: every value loads with torch.load(weights_only=True) (RNG states as ints, lists and tensors).
 CHECKPOINT_FORMAT = "occfeat-checkpoint/2"
 OLD_CHECKPOINT_FORMATS = ("occfeat-checkpoint/1",)
-# Keys that may change on --resume: they say how long/loud/where to run, not what is trained.
-RESUME_FREE_KEYS = ("train.max_steps", "train.log_every", "train.num_workers", "train.device")
+# Keys that may change on --resume: they say how long/loud/where to run and what to keep, not what is trained.
+RESUME_FREE_KEYS = ("train.max_steps", "train.log_every", "train.num_workers", "train.device", "train.keep_snapshots")
 DAMAGED_ADVICE = "copy it again from where it came from, or use an earlier run"
 
 
@@ -53,6 +53,23 @@ def atomic_save(obj: dict, path: Path, then: str = "") -> None:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def prune_snapshots(ckpt_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` epoch snapshots (``epoch_NNN.pt``) in ``ckpt_dir``; returns the
+    deleted paths. Called after the newest one is written, so a kill in between never leaves fewer."""
+    snaps = sorted((p for p in Path(ckpt_dir).glob("epoch_*.pt") if p.stem[6:].isdigit()), key=lambda p: int(p.stem[6:]))
+    old = snaps[: max(0, len(snaps) - keep)]
+    for p in old:
+        with writing(p):
+            p.unlink(missing_ok=True)
+    return old
+
+
+def extendable(schedule: str) -> bool:
+    """Whether a finished run can train on with more epochs (``--resume train.epochs=...``): a constant lr
+    continues as if the run had been longer (OccFeat†: 50 → 100 epochs); onecycle's lr depends on the total."""
+    return schedule == "constant"
 
 
 # ---- reading: checkpoints, config, metrics ----
@@ -182,8 +199,7 @@ def prepare_run_dir(run_dir: Path, config: dict, resume: bool, resolve=None) -> 
     if old and resolve is not None:
         old = resolve(old)
     diff = [k for k in config_diff(old, config) if k not in RESUME_FREE_KEYS] if old else []
-    # Extending a constant-lr run (e.g. 50 → 100 epochs, OccFeat†) is safe; a onecycle schedule depends on it.
-    if config["train"]["schedule"] == "constant":
+    if extendable(config["train"]["schedule"]):
         diff = [k for k in diff if k != "train.epochs"]
     if diff:
         shown = ", ".join(f"{k} ({_flatten(old).get(k)!r} → {_flatten(config).get(k)!r})" for k in diff[:4])

@@ -1,7 +1,8 @@
 """``write_dataroot``: the synthetic world written as a nuScenes-format dataroot.
 
 Timing follows nuScenes: key frames at 2 Hz; LiDAR sweeps at 20 Hz (9 before the first key frame,
-so multi-sweep accumulation works there too); each camera fires a few to ~40 ms after the key-frame
+so multi-sweep accumulation works there too; ``SynthConfig.sweeps`` < 10 writes only the sweeps just
+before each key frame that ``voxelize --sweeps N`` reads, on the same 20 Hz clock); each camera fires a few to ~40 ms after the key-frame
 sweep (``rig.CAMERA_MOUNTS``); every sample_data has its own ego pose at its own timestamp, and
 moving agents are placed at that timestamp too.
 """
@@ -31,12 +32,14 @@ from occfeat.data.synth.world import Layout, Scene, make_layout, make_scene
 from occfeat.errors import OccfeatError
 from occfeat.files import write_error
 from occfeat.lock import output_lock
+from occfeat.progress import progress_bar
 from occfeat.geometry import apply_4x4, invert_rigid, make_transform, pose_from_transform, yaw_matrix
 
 BASE_TIMESTAMP_US = 1_533_201_470_000_000  # 2018-08-02, like the nuScenes logs; no wall clock anywhere
 SCENE_SPACING_US = 120_000_000
 JPEG_QUALITY = 90
 PNG_COMPRESS_LEVEL = 1  # the label PNGs: zlib's fastest level; flat label regions compress well anyway
+SWEEPS_PER_KEYFRAME = LIDAR_MOUNT.sweep_hz // KEYFRAME_HZ  # 10, as in nuScenes
 
 
 @dataclass
@@ -55,6 +58,10 @@ class SynthConfig:
     """name of the table folder"""
     map_name: str = "singapore-onenorth"
     """one of the devkit's four map names (the devkit accepts no other)"""
+    sweeps: int = SWEEPS_PER_KEYFRAME
+    """LiDAR sweeps written per key frame: its own and the sweeps-1 just before it, at 20 Hz. nuScenes
+    (the default): 10, every sweep of its 20 Hz LiDAR. 1: key frames only, what ``voxelize --sweeps 1``
+    (the paper) reads, and a tenth of the LiDAR files, the largest part of a small world on disk."""
 
 
 def scene_names(n: int) -> tuple[list[str], list[str]]:
@@ -79,6 +86,9 @@ def validate(out: Path, cfg: SynthConfig, overwrite: bool) -> None:
         raise OccfeatError(f"--scenes must be >= 1, got {cfg.scenes}")
     if cfg.samples_per_scene < 1:
         raise OccfeatError(f"--samples-per-scene must be >= 1, got {cfg.samples_per_scene}")
+    if not 1 <= cfg.sweeps <= SWEEPS_PER_KEYFRAME:
+        raise OccfeatError(f"--sweeps must be in 1..{SWEEPS_PER_KEYFRAME} (LiDAR sweeps per key frame, the key frame's "
+                           f"included), got {cfg.sweeps}")
     w, h = cfg.image_size
     if w < 16 or h < 16:
         raise OccfeatError(f"--image-size must be at least 16x16, got {w}x{h}")
@@ -112,9 +122,11 @@ def _points_in_boxes(points: np.ndarray, centres: np.ndarray, wlh: np.ndarray, y
 class _SceneWriter:
     """Writes one scene's files and returns its table records."""
 
-    def __init__(self, root: Path, cfg: SynthConfig, layout: Layout, index: int, name: str, shared: dict, timings: dict):
+    def __init__(self, root: Path, cfg: SynthConfig, layout: Layout, index: int, name: str, shared: dict, timings: dict,
+                 bar=None):
         self.root, self.cfg, self.layout, self.index, self.name = root, cfg, layout, index, name
         self.shared, self.timings = shared, timings
+        self.bar = bar  # a progress bar advanced once per key frame written (None: silent)
         self.tok = Tokens(cfg.seed, 2, index)
         self.tables: dict[str, list[dict]] = defaultdict(list)
         self.t0_us = BASE_TIMESTAMP_US + index * SCENE_SPACING_US
@@ -134,7 +146,7 @@ class _SceneWriter:
     def run(self) -> None:
         cfg, lay = self.cfg, self.layout
         n = cfg.samples_per_scene
-        sweeps_per_kf = LIDAR_MOUNT.sweep_hz // KEYFRAME_HZ
+        sweeps_per_kf = SWEEPS_PER_KEYFRAME
         lead_in = (sweeps_per_kf - 1) / LIDAR_MOUNT.sweep_hz
         scene = make_scene(lay, cfg.seed, self.index, (n - 1) / KEYFRAME_HZ, lead_in)
         width, height = cfg.image_size
@@ -166,6 +178,8 @@ class _SceneWriter:
         for j in range(-(sweeps_per_kf - 1), (n - 1) * sweeps_per_kf + 1):
             t = j / LIDAR_MOUNT.sweep_hz
             key = j >= 0 and j % sweeps_per_kf == 0
+            if not key and j % sweeps_per_kf < sweeps_per_kf - (cfg.sweeps - 1):
+                continue  # not among the cfg.sweeps - 1 sweeps just before a key frame (the scene is the same)
             pose_tok, g_T_e = self.ego_pose(scene, t)
             tic = time.perf_counter()
             rng, inten = cast_lidar(lay, boxes_at(lay, scene, t), g_T_e @ ego_T_lidar, dirs, LIDAR_MOUNT.max_range)
@@ -189,6 +203,8 @@ class _SceneWriter:
                 pts_global = apply_4x4(g_T_e @ ego_T_lidar, pts[:, :3].astype(np.float64))
                 n_pts[i] = _points_in_boxes(pts_global, centres, wlh, yaw)
                 self._cameras(scene, i, sample_toks[i], calib, sd_chain, visible)
+                if self.bar is not None:
+                    self.bar.update(1)
         for chain in sd_chain.values():
             for a, b in zip(chain, chain[1:]):
                 a["next"], b["prev"] = b["token"], a["token"]
@@ -269,11 +285,16 @@ def is_complete(root: Path, cfg: SynthConfig) -> bool:
         have = json.loads((root / SYNTH_MARKER).read_text()).get("config")
     except (OSError, ValueError, AttributeError):
         return False
+    if not isinstance(have, dict):
+        return False
+    # A field added since the world was written takes its default, which writes what synth wrote before it.
+    have = {**dataclasses.asdict(SynthConfig()), **have}
     # a world from before the label sidecar existed is not what synth writes now
     return have == json.loads(json.dumps(dataclasses.asdict(cfg))) and (root / SEMANTICS_DIR).is_dir()
 
 
-def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings: dict | None = None) -> Path:
+def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings: dict | None = None,
+                   progress: bool = True) -> Path:
     """Write a nuScenes-format dataroot at ``out`` (returned).
 
     A world synth already wrote at ``out`` under the same config is left as is (same seed, same bytes),
@@ -281,7 +302,8 @@ def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings
     renames it at the end, so an interrupted run never leaves a half dataroot; ``overwrite`` moves the
     old one aside first and deletes it last, and a run killed anywhere in between is finished or undone
     by the next one. Holds the lock of ``out`` throughout. ``timings`` (optional) accumulates seconds
-    spent in "render", "lidar", "jpeg" and "semantics" (encoding and writing the label PNGs)."""
+    spent in "render", "lidar", "jpeg" and "semantics" (encoding and writing the label PNGs). ``progress``:
+    a bar over the key frames (:mod:`occfeat.progress`; a 1600x900 world takes seconds per frame)."""
     out = Path(out)
     with output_lock(out, "dataroot"):
         tmp = out.parent / f".{out.name}.synth-tmp"
@@ -305,7 +327,8 @@ def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings
                 shutil.rmtree(tmp)  # left by a killed run
             tmp.mkdir()
             try:
-                _write(tmp, cfg, timings)
+                with progress_bar(total=cfg.scenes * cfg.samples_per_scene, desc="synth", unit="frame", enabled=progress) as bar:
+                    _write(tmp, cfg, timings, bar)
                 if out.exists():
                     out.rename(trash)
                     tmp.rename(out)
@@ -320,7 +343,7 @@ def write_dataroot(out: Path, cfg: SynthConfig, overwrite: bool = False, timings
     return out
 
 
-def _write(root: Path, cfg: SynthConfig, timings: dict) -> None:
+def _write(root: Path, cfg: SynthConfig, timings: dict, bar=None) -> None:
     layout = make_layout(cfg.seed, left_hand=cfg.map_name.startswith("singapore"))
     tok = Tokens(cfg.seed, 3)
     channels = [(m.channel, "camera") for m in CAMERA_MOUNTS] + [(LIDAR_MOUNT.channel, "lidar")]
@@ -333,7 +356,7 @@ def _write(root: Path, cfg: SynthConfig, timings: dict) -> None:
     for name in ("log", "scene", "sample", "sample_data", "ego_pose", "calibrated_sensor", "instance", "sample_annotation"):
         tables[name] = []
     for index, name in enumerate(train + val):
-        sw = _SceneWriter(root, cfg, layout, index, name, shared, timings)
+        sw = _SceneWriter(root, cfg, layout, index, name, shared, timings, bar)
         sw.run()
         for k, v in sw.tables.items():
             tables[k].extend(v)
