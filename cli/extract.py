@@ -29,6 +29,7 @@ def extract(
     batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per forward pass."),
     device: str = device_option(DEFAULTS.device),
     workers: int = typer.Option(DEFAULTS.workers, help="DataLoader workers decoding JPEGs."),
+    progress: bool = typer.Option(True, help="Show progress (a bar on a terminal, periodic lines in a log file)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Mark samples with a missing/corrupt image invalid instead of stopping."),
     standin_noise: float = typer.Option(StandinConfig.noise, help=f"{STANDIN_TEACHER} only: Gaussian noise norm per token, relative to a class vector's (0: exact)."),
     standin_dim: int = typer.Option(StandinConfig.feature_dim, help=f"{STANDIN_TEACHER} only: feature width C (384: ViT-S/14's)."),
@@ -41,7 +42,7 @@ def extract(
         raise OccfeatError("--weights and --random-teacher contradict each other; pass one")
     s = extract_features(
         dataroot, version, split, out, teacher=teacher, weights=weights, random_teacher=random_teacher,
-        input_size=parse_size(input_size, "--input-size", "224x406"), batch_size=batch_size, device=device, workers=workers, skip_bad=skip_bad,
+        input_size=parse_size(input_size, "--input-size", "224x406"), batch_size=batch_size, device=device, workers=workers, skip_bad=skip_bad, progress=progress,
         standin=StandinConfig(feature_dim=standin_dim, noise=standin_noise),
     )
     done = "already complete" if s.computed == 0 else f"{s.computed} samples in {s.seconds:.1f} s ({s.images_per_s:.1f} images/s)"

@@ -23,6 +23,7 @@ def synth(
     version: str = typer.Option(_D.version, help="table folder name: v1.0-mini or v1.0-trainval"),
     map_name: str = typer.Option(_D.map_name, "--map", help="one of the devkit's four map names"),
     overwrite: bool = typer.Option(False, help="replace a non-empty --out (a world synth wrote with the same options is kept)"),
+    progress: bool = typer.Option(True, help="show progress (a bar on a terminal, periodic lines in a log file)"),
 ) -> None:
     """Write a synthetic nuScenes-format dataroot (6 cameras, LIDAR_TOP + sweeps, boxes, map).
 
@@ -34,7 +35,7 @@ def synth(
         return
     tic = time.perf_counter()
     timings: dict = {}
-    write_dataroot(out, cfg, overwrite=overwrite, timings=timings)
+    write_dataroot(out, cfg, overwrite=overwrite, timings=timings, progress=progress)
     frames = cfg.scenes * cfg.samples_per_scene
     stdout.print(f"wrote {out}: {cfg.scenes} scenes x {cfg.samples_per_scene} key frames, {cfg.version}, map {cfg.map_name} "
                   f"in {time.perf_counter() - tic:.1f} s ({', '.join(f'{k} {v / frames:.2f}' for k, v in timings.items())} s/frame)")
