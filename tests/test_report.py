@@ -29,7 +29,8 @@ def _run(tmp_path, name, iou, task="vehicle", fraction=0.01, pretraining=None, s
         rng = np.random.default_rng(0)
         np.savez(d / "samples.npz", cameras=rng.integers(0, 255, (2, 6, 8, 12, 3), dtype=np.uint8),
                  target=rng.random((2, 1, 10, 10)) > 0.5, prob=rng.random((2, 1, 10, 10)).astype(np.float16),
-                 valid=np.ones((2, 10, 10), bool), classes=np.array(["vehicle"]), tokens=np.array(["a", "b"]))
+                 valid=np.ones((2, 10, 10), bool), classes=np.array(["vehicle"]), tokens=np.array(["a", "b"]),
+                 grid=np.array('{"bounds": [[-5, 5], [-5, 5], [-1, 1]], "shape": [10, 10, 1]}'))
     return d
 
 

@@ -2,8 +2,11 @@
 (:class:`occfeat.metrics.IoUAccumulator`) and a few samples for the report's figure. The IoU goes into
 the run's ``metrics.json`` (:class:`occfeat.train.records.FinetuneMetrics`).
 
-``samples.npz``: ``tokens`` (n,), ``cameras`` (n, S, h, w, 3) uint8 thumbnails in CAMERAS order,
-``target`` (n, C, X, Y) bool, ``prob`` (n, C, X, Y) float16, ``valid`` (n, X, Y) bool, ``classes`` (C,).
+``samples.npz``: ``tokens`` (n,), ``cameras`` (n, S, H, W, 3) uint8 at the network's input size,
+``camera_names`` (S,) (CAMERAS order), ``target`` (n, C, X, Y) bool, ``prob`` (n, C, X, Y) float16 (the
+sigmoid, not thresholded), ``valid`` (n, X, Y) bool, ``classes`` (C,), ``grid`` (the BevGrid as JSON, so the
+figure's axes are in metres). Files written before camera_names/grid (with 1/4-size thumbnails) still plot
+(:func:`occfeat.bev_plots.load_samples`).
 """
 
 from __future__ import annotations
@@ -12,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate
 
+from occfeat.data.index import CAMERAS
+from occfeat.files import writing
+from occfeat.grid import BevGrid
 from occfeat.metrics import IoUAccumulator
 from occfeat.progress import progress_bar
-from occfeat.files import writing
-
-THUMB_SCALE = 4  # camera thumbnails in samples.npz at 1/4 of the input size
 
 
 @torch.no_grad()
@@ -50,26 +52,27 @@ def evaluate(
         acc.update(logits, batch["target"], batch["valid"])
         n = min(n_samples - len(keep["tokens"]), len(tokens))
         if n > 0:
-            imgs = batch["images"][:n]  # (n, S, 3, H, W)
-            thumbs = F.avg_pool2d(imgs.flatten(0, 1), THUMB_SCALE).unflatten(0, imgs.shape[:2])
+            imgs = batch["images"][:n]  # (n, S, 3, H, W) in [0, 1], at the input size: the figure names each tile
             keep["tokens"] += list(tokens[:n])
-            keep["cameras"].append((thumbs.permute(0, 1, 3, 4, 2) * 255).round().byte().cpu().numpy())
+            keep["cameras"].append((imgs.permute(0, 1, 3, 4, 2) * 255).round().byte().cpu().numpy())
             keep["target"].append(batch["target"][:n].bool().cpu().numpy())
             keep["prob"].append(torch.sigmoid(logits[:n]).half().cpu().numpy())
             keep["valid"].append(batch["valid"][:n].bool().cpu().numpy())
     model.train(was_training)
     samples = {k: np.array(v) if k == "tokens" else np.concatenate(v) for k, v in keep.items() if v}
     samples["classes"] = np.array(classes)
+    samples["camera_names"] = np.array(CAMERAS)
     return acc.summary(), samples
 
 
-def write_samples(run_dir: Path, samples: dict[str, np.ndarray] | None) -> None:
-    """Write ``samples.npz`` atomically into ``run_dir`` (nothing when no sample was kept)."""
+def write_samples(run_dir: Path, samples: dict[str, np.ndarray] | None, grid: BevGrid) -> None:
+    """Write ``samples.npz`` atomically into ``run_dir`` (nothing when no sample was kept), with the
+    ``grid`` its BEV arrays live on."""
     if samples is not None and "tokens" in samples:
         tmp = run_dir / "samples.tmp.npz"
         with writing(run_dir / "samples.npz"):
             try:
-                np.savez_compressed(tmp, **samples)
+                np.savez_compressed(tmp, **samples, grid=np.array(grid.to_json()))
                 tmp.replace(run_dir / "samples.npz")
             finally:
                 tmp.unlink(missing_ok=True)
