@@ -148,6 +148,18 @@ def test_finetune_evaluate_and_report_on_the_synthetic_world(synth_root, tmp_pat
     again = FinetuneMetrics.read(out)
     assert again.intersection == m.intersection and again.step == m.step and again.pretraining == m.pretraining
 
+    # TensorBoard: the training scalars, the evaluation's IoU and its BEV figures (finetune's, then evaluate's)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "eval/mini_val/mean_iou", "eval/mini_val/iou/vehicle"} <= set(tags["scalars"])
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("eval/mini_val/mean_iou")] == [(2, round(m.mean_iou, 6))] * 2
+    assert set(tags["images"]) == {"eval/mini_val/sample_0", "eval/mini_val/sample_1"}
+    png = acc.Images("eval/mini_val/sample_0")[-1]
+    assert png.width > 400 and png.height > 150 and png.encoded_image_string[:4] == b"\x89PNG"
+
     # an existing run dir without --resume, and a bad fraction: one-line errors
     res = CliRunner().invoke(occfeat.cli.main.app, args)
     assert res.exit_code == 2 and "already exists" in res.output

@@ -76,3 +76,26 @@ def write_samples(run_dir: Path, samples: dict[str, np.ndarray] | None, grid: Be
                 tmp.replace(run_dir / "samples.npz")
             finally:
                 tmp.unlink(missing_ok=True)
+
+
+def log_evaluation(run_dir: Path, step: int, result: dict, split: str, grid: BevGrid | None = None) -> None:
+    """The evaluation in the run's TensorBoard view (:mod:`occfeat.train.tblog`): ``eval/<split>/mean_iou``
+    and one scalar per class at ``step``, and, when ``samples.npz`` was just written (``grid`` given), each
+    kept sample's BEV panels (ground truth, predicted probability, TP / FP / FN) as ``eval/<split>/sample_i``
+    — the figure ``occfeat report`` draws, without the camera tiles."""
+    import matplotlib.pyplot as plt
+
+    from occfeat.bev_plots import bev_sample_figure, load_samples
+    from occfeat.train.tblog import log_scalars, open_writer
+
+    writer = open_writer(run_dir, suffix=".eval")
+    try:
+        log_scalars(writer, {"mean_iou": result["mean_iou"], "iou": result["iou"]}, step, prefix=f"eval/{split}")
+        if grid is not None and (run_dir / "samples.npz").is_file():
+            for i, s in enumerate(load_samples(run_dir / "samples.npz", grid)):
+                s.cameras = None
+                fig = bev_sample_figure(s, title=f"{run_dir.name}, step {step}: sample {s.token}")
+                writer.add_figure(f"eval/{split}/sample_{i}", fig, step, close=True)
+                plt.close(fig)
+    finally:
+        writer.close()

@@ -32,7 +32,7 @@ from occfeat.losses import MapSegLoss, VehicleSegLoss
 from occfeat.models import InstanceHeads, build_network, registered_networks
 from occfeat.train.data import AugmentConfig, CameraDataset, CameraRig, camera_rig
 from occfeat.train.distill import BoxMaps, Distiller, Teacher, load_teacher
-from occfeat.train.evaluate import evaluate, write_samples
+from occfeat.train.evaluate import evaluate, log_evaluation, write_samples
 from occfeat.train.extra_heads import ExtraHead
 from occfeat.train.finetune_config import (  # noqa: F401 - re-exported: the finetune API
     FinetuneConfig, config_as_dict, config_from_dict, resolve_config, upgrade_config_dict,
@@ -378,6 +378,7 @@ def run_finetune(
         result, _ = evaluate(model, val_set, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, 0, progress)
         with writing(eval_log, then="rerun with --resume"), open(eval_log, "a") as f:
             f.write(json.dumps({"step": summary["step"], "epoch": summary["epoch"], "mean_iou": result["mean_iou"], "iou": result["iou"]}) + "\n")
+        log_evaluation(out, summary["step"], result, val_split)
     if not _is_main_process():
         return None
     result, samples = evaluate(model, val_set, task_classes(cfg.task, cfg.gt), _device(cfg), cfg.eval_batch_size, 0, cfg.n_vis_samples, progress)
@@ -386,6 +387,7 @@ def run_finetune(
                                distillation=distillation)
     metrics.write(out)
     write_samples(out, samples, cfg.grid)
+    log_evaluation(out, summary["step"], result, val_split, cfg.grid)
     return metrics
 
 
@@ -425,6 +427,8 @@ def run_evaluate(
     if split == data["val_split"]:
         metrics.write(run_dir)
         write_samples(run_dir, samples, cfg.grid)
+        log_evaluation(run_dir, ckpt["step"], result, split, cfg.grid)
     else:
         metrics.write(run_dir, f"metrics-{split}.json")
+        log_evaluation(run_dir, ckpt["step"], result, split)
     return metrics
