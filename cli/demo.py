@@ -9,7 +9,7 @@ import typer
 from occfeat.cli.common import console, one_line_errors
 from occfeat.cli.report import print_report
 
-PRESETS = {"demo": "studies/demo.yaml", "ci": "studies/ci.yaml"}
+PRESETS = {"demo": "studies/demo.yaml", "ci": "studies/ci.yaml"}  # shipped study recipes (occfeat.config.recipes_root)
 
 
 @one_line_errors
@@ -19,18 +19,20 @@ def demo(
 ) -> None:
     """synth → voxelize → extract (random teacher, stamped) → pretrain → finetune at 1/10/100 % with and
     without pretraining → report, on the CPU. Rerun to resume; finished stages are skipped."""
+    from occfeat.config import recipes_root
     from occfeat.errors import OccfeatError
     from occfeat.pipeline import load_study
 
     if preset not in PRESETS:
         raise OccfeatError(f"--preset must be one of {', '.join(PRESETS)}, got '{preset}'")
-    _run(load_study(PRESETS[preset]), out)
+    # the shipped file itself, never a same-named file under the current directory
+    _run(load_study(recipes_root() / PRESETS[preset]), out)
 
 
 @one_line_errors
 def study(
     ctx: typer.Context,
-    recipe: Path = typer.Argument(..., help="A study recipe, e.g. recipes/studies/synthetic.yaml."),
+    recipe: Path = typer.Argument(..., help="A study recipe: a YAML path, or a shipped study's name (e.g. synthetic = recipes/studies/synthetic.yaml)."),
     out: Path = typer.Option(..., "--out", help="Folder for every artefact."),
 ) -> None:
     """Run (or resume) a study recipe: pretrainings × tasks × label fractions × seeds, then the report.

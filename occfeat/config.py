@@ -1,9 +1,9 @@
 """Dataclass configs and YAML recipes.
 
 Dataclasses (defined next to the code they configure) are the one home of every default. A recipe is
-a short YAML *delta* over those defaults; ``base: other.yaml`` (relative to the recipe) chains recipes,
-and ``key.sub=value`` overrides from the command line go last. Unknown keys are errors, so a typo
-never silently falls back to a default.
+a short YAML *delta* over those defaults; ``base: other.yaml`` (next to the recipe, else a shipped
+recipe: :func:`find_recipe`) chains recipes, and ``key.sub=value`` overrides from the command line go
+last. Unknown keys are errors, so a typo never silently falls back to a default.
 
 Two kinds of fields choose their dataclass from the data (see :class:`Variants`):
 
@@ -20,6 +20,7 @@ defaulted field existed resolves to today's dataclass and compares equal.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 import types
@@ -189,11 +190,93 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def read_recipe(path: str | Path) -> dict:
-    """The recipe's delta, with its ``base:`` chain resolved (base first, then this file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise OccfeatError(f"recipe {path} not found; see the recipes/ folder for the available ones")
+RECIPE_KINDS = ("pretrain", "finetune", "studies")
+"""The folders of the shipped recipes, one per kind of config (a config class names its folder in a
+``recipe_kind`` class attribute, so a bare ``--recipe NAME`` is looked up there)."""
+
+RECIPE_SUFFIXES = (".yaml", ".yml")
+
+
+def recipes_root() -> Path:
+    """Where the recipes shipped with occfeat are: ``occfeat/recipes`` in an installed wheel (setup.py maps
+    the repository's ``recipes/`` there, as it maps ``cli/`` to ``occfeat/cli``), else ``recipes/`` at the
+    root of the source checkout this package is in (editable installs included)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "recipes"
+    return installed if installed.is_dir() else package.parent / "recipes"
+
+
+def recipe_stem(name: str | Path) -> str:
+    """A recipe's name without its folder and ``.yaml``; ``lambda-0.1`` keeps its dot (unlike ``Path.stem``)."""
+    base = Path(name).name
+    return next((base[: -len(s)] for s in RECIPE_SUFFIXES if base.endswith(s)), base)
+
+
+def find_recipe(name: str | Path, kind: str | None = None) -> Path:
+    """The recipe file ``name`` stands for: an existing file as given (a path), else a shipped recipe (see
+    :func:`shipped_recipe`). The same command line then works in the repository and from a wheel."""
+    path = Path(name)
+    return path if path.is_file() else shipped_recipe(name, kind)
+
+
+def shipped_recipe(name: str | Path, kind: str | None = None) -> Path:
+    """A recipe shipped with occfeat (:func:`recipes_root`) by its name: relative to the recipes folder
+    (``pretrain/synthetic-tiny.yaml``, also without ``.yaml``, also as the README writes it from the
+    repository root, ``recipes/pretrain/...``), or bare (``synthetic-tiny``) in ``kind``'s folder, or
+    without a kind in the one folder that has it. Not found or ambiguous: a one-line error with close names.
+    """
+    root, rel = recipes_root(), _relative_name(name)
+    if rel is not None:
+        rel = rel if rel.name.endswith(RECIPE_SUFFIXES) else rel.with_name(rel.name + ".yaml")
+        if (root / rel).is_file():
+            return root / rel
+        if len(rel.parts) == 1:
+            found = [root / k / rel for k in ([kind] if kind else RECIPE_KINDS) if (root / k / rel).is_file()]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                names = ", ".join(f"{f.parent.name}/{recipe_stem(f)}" for f in found)
+                raise OccfeatError(f"recipe '{name}' is in several folders of the shipped recipes ({names}); name one of them")
+    where = "" if rel is None else f", and no recipe of that name in {kind + '/ of ' if kind else ''}the shipped recipes"
+    close = close_recipe_names(name, kind)
+    hint = f"close names: {', '.join(close)}" if close else f"the shipped recipes are in {root}"
+    raise OccfeatError(f"recipe '{name}' not found: no such file{where}; {hint}")
+
+
+def _relative_name(name: str | Path) -> Path | None:
+    """``name`` relative to the recipes folder (a leading ``recipes/`` dropped); None for an absolute path."""
+    path = Path(name)
+    parts = path.parts[1:] if path.parts[:1] == ("recipes",) else path.parts
+    return None if path.is_absolute() or not parts else Path(*parts)
+
+
+def close_recipe_names(name: str | Path, kind: str | None = None, n: int = 3) -> list[str]:
+    """Shipped recipe names that look like ``name``, for a not-found message: first the same name in
+    another folder (``finetune/synthetic-lidar`` asked for as a pretrain recipe), then bare names of
+    ``kind`` (``synthetic-tiny``), then folder-qualified names of every kind."""
+    root = recipes_root()
+    files = sorted(f for k in RECIPE_KINDS if (root / k).is_dir() for f in (root / k).iterdir() if f.name.endswith(RECIPE_SUFFIXES))
+    qualified = [f"{f.parent.name}/{recipe_stem(f)}" for f in files]
+    rel = _relative_name(name) or Path(name)
+    same = [q for f, q in zip(files, qualified) if recipe_stem(f) == recipe_stem(rel)]
+    bare = difflib.get_close_matches(recipe_stem(rel), [recipe_stem(f) for f in files if f.parent.name == kind], n=n)
+    full = difflib.get_close_matches((rel.parent / recipe_stem(rel)).as_posix(), qualified, n=n)
+    return list(dict.fromkeys(same + bare + full))[:n]
+
+
+def read_recipe(path: str | Path, kind: str | None = None) -> dict:
+    """The recipe's delta, with its ``base:`` chain resolved (base first, then this file).
+
+    ``path``: a file or a shipped recipe's name (:func:`find_recipe`). ``base:`` names a file next to the
+    recipe (``.yaml`` optional), else a shipped recipe of the same ``kind``, so a recipe of your own can
+    build on a shipped one.
+    """
+    return _read_recipe_chain(find_recipe(path, kind), kind, ())
+
+
+def _read_recipe_chain(path: Path, kind: str | None, seen: tuple[Path, ...]) -> dict:
+    if path.resolve() in seen:
+        raise OccfeatError(f"recipe {path}: its base: chain comes back to {path.name}; end the chain at a recipe without base:")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -203,7 +286,12 @@ def read_recipe(path: str | Path) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
-    return deep_update(read_recipe(path.parent / base), data)
+    nearby = [path.parent / str(base)] + ([] if str(base).endswith(RECIPE_SUFFIXES) else [path.parent / f"{base}.yaml"])
+    try:
+        parent = next((p for p in nearby if p.is_file()), None) or shipped_recipe(str(base), kind)
+    except OccfeatError as e:
+        raise OccfeatError(f"in recipe {path}: base: {e}") from None
+    return deep_update(_read_recipe_chain(parent, kind, (*seen, path.resolve())), data)
 
 
 def deep_update(a: dict, b: dict) -> dict:
@@ -214,10 +302,11 @@ def deep_update(a: dict, b: dict) -> dict:
 
 
 def load_config(cls: type[C], recipe: str | Path | None = None, overrides: list[str] | dict | None = None) -> C:
-    """Defaults of ``cls`` ← recipe delta (with its bases) ← overrides."""
+    """Defaults of ``cls`` ← recipe delta (with its bases) ← overrides. ``recipe``: a file or a shipped
+    recipe's name, looked up in the folder of ``cls.recipe_kind`` when it has one (:func:`find_recipe`)."""
     cfg = cls()
     if recipe is not None:
-        cfg = merge(cfg, read_recipe(recipe), where=str(recipe))
+        cfg = merge(cfg, read_recipe(recipe, getattr(cls, "recipe_kind", None)), where=str(recipe))
     if overrides:
         delta = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
         cfg = merge(cfg, delta, where="override")

@@ -31,13 +31,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from occfeat.config import load_config, merge, to_dict
+from occfeat.config import find_recipe, load_config, merge, recipe_stem, to_dict
 from occfeat.data.index import SYNTH_MARKER
 from occfeat.data.synth import SynthConfig
 from occfeat.errors import OccfeatError
 from occfeat.train.labels import fraction_defaults
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 # Labelled subsets smaller than this are loaded in the main process (see _finetune_schedule).
 SMALL_SUBSET = 16
 # The pretraining that is none: the backbone from ImageNet (or random-init) weights only, the paper's "None" row.
@@ -48,6 +47,7 @@ NONE = "none"
 class StudyConfig:
     """One experiment; study recipes in recipes/studies/ are deltas over these defaults."""
 
+    recipe_kind = "studies"  # not a field: the folder of shipped recipes a bare name is looked up in (config.find_recipe)
     synth: SynthConfig = field(default_factory=lambda: SynthConfig(scenes=6, samples_per_scene=10, image_size=(480, 270)))
     """The synthetic world (scenes are split ~80/20 into synth_train / synth_val)."""
     train_split: str = "synth_train"
@@ -121,18 +121,15 @@ LIDAR_TEACHER = "lidar-teacher"  # the run-dir name of the distillation rows' Li
 CONTROL_SUFFIX = "-random-teacher"
 
 
-def recipe_path(name: str | Path) -> Path:
-    p = Path(name)
-    if p.is_absolute() or p.exists():
-        return p
-    path = RECIPES / p
-    if not path.is_file():
-        raise OccfeatError(f"recipe {name} not found under {RECIPES}; pass a path to a recipe file")
-    return path
+def recipe_path(name: str | Path, kind: str | None = None) -> Path:
+    """A recipe a study names (``pretrain/synthetic-tiny.yaml``: relative to the shipped recipes, or a path)
+    → its file, in the repository and from a wheel alike (:func:`occfeat.config.find_recipe`)."""
+    return find_recipe(name, kind)
 
 
 def load_study(recipe: str | Path | None, overrides: list[str] | None = None) -> StudyConfig:
-    return load_config(StudyConfig, recipe_path(recipe) if recipe is not None else None, overrides)
+    """A study recipe (a path or a shipped study's name, e.g. ``synthetic``) ← ``key=value`` overrides."""
+    return load_config(StudyConfig, recipe, overrides)
 
 
 def _stage(console, title: str):
@@ -194,7 +191,7 @@ def run_name(task: str, pretraining: str, fraction: float, seed: int) -> str:
 
 def pretraining_name(entry: str) -> str:
     """The run-dir name of a study's pretraining: "none", or its recipe's file name without .yaml."""
-    return NONE if entry == NONE else Path(entry).stem
+    return NONE if entry == NONE else recipe_stem(entry)
 
 
 def load_pretrainings(cfg: StudyConfig, finetune_grid):
@@ -219,7 +216,7 @@ def load_pretrainings(cfg: StudyConfig, finetune_grid):
             raise OccfeatError(f"the study lists two pretrainings named '{name}'; give the recipes distinct file names")
         if entry == NONE and name != NONE:
             raise OccfeatError("random_teacher_controls lists 'none'; name pretrain recipes there")
-        configs[name] = None if entry == NONE else load_config(PretrainConfig, recipe_path(entry), cfg.pretrain_overrides)
+        configs[name] = None if entry == NONE else load_config(PretrainConfig, recipe_path(entry, "pretrain"), cfg.pretrain_overrides)
     for name, pcfg in configs.items():
         if name in control_names and "features" not in {s for o in pcfg.objectives for s in registry()[o].sources}:
             raise OccfeatError(f"random_teacher_controls: '{name.removesuffix(CONTROL_SUFFIX)}' distils no teacher features, "
@@ -245,10 +242,10 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
 
     console = console or Console(stderr=True)
     out = Path(out)
-    ft_recipe = recipe_path(cfg.finetune_recipe)
+    ft_recipe = recipe_path(cfg.finetune_recipe, "finetune")
     grid = resolve_config(ft_recipe, cfg.tasks[0] if cfg.tasks else "vehicle", 1.0, cfg.finetune_overrides).grid
     pretrainings = load_pretrainings(cfg, grid)
-    teacher_recipe = recipe_path(cfg.teacher_recipe) if cfg.distillations else None
+    teacher_recipe = recipe_path(cfg.teacher_recipe, "finetune") if cfg.distillations else None
     entry_overrides: dict[str, list[str]] = {}
     if teacher_recipe is not None:
         from occfeat.train.distill_config import UNLABELLED, study_overrides

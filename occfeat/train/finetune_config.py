@@ -23,6 +23,7 @@ from occfeat.train.loop import TrainConfig
 class FinetuneConfig:
     """One finetuning run. Defaults: the paper's SimpleBEV EN-B0 at 224x400 on the Simple-BEV grid."""
 
+    recipe_kind = "finetune"  # not a field: the folder of shipped recipes a bare name is looked up in (config.find_recipe)
     network: NetworkConfig = field(default_factory=SimpleBevConfig)
     grid: BevGrid = field(default_factory=BevGrid)
     task: str = "vehicle"
@@ -56,7 +57,7 @@ def resolve_config(
     cfg = FinetuneConfig(task=task, fraction=check_fraction(fraction))
     cfg = merge(cfg, {"train": {**FINETUNE_OPTIM, **fraction_defaults(fraction)}})
     if recipe is not None:
-        delta = read_recipe(recipe)
+        delta = read_recipe(recipe, FinetuneConfig.recipe_kind)
         for key in ("task", "fraction"):
             if key in delta:
                 raise OccfeatError(f"recipe {recipe} sets '{key}'; pass it as --{key} instead")

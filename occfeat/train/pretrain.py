@@ -45,6 +45,7 @@ def _occfeat() -> dict[str, ObjectiveConfig]:
 class PretrainConfig:
     """Everything that defines a pretraining run; recipes in recipes/pretrain/ are deltas over these."""
 
+    recipe_kind = "pretrain"  # not a field: the folder of shipped recipes a bare name is looked up in (config.find_recipe)
     network: NetworkConfig = field(default_factory=SimpleBevConfig)
     """The BEV network (SimpleBEV EN-B0 by default)."""
     grid: BevGrid = field(default_factory=BevGrid)
