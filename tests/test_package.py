@@ -1,14 +1,18 @@
 """The package layout: the command line is ``occfeat.cli`` (never a top-level ``cli``), ``python -m
-occfeat`` runs it, a wheel carries it, and no module imports itself back through another."""
+occfeat`` runs it, a wheel carries it and the recipes (installed into a fresh venv, it runs from any
+directory), and no module imports itself back through another."""
 
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = {"occfeat": REPO / "occfeat", "occfeat.cli": REPO / "cli"}  # import prefix → folder
@@ -114,19 +118,25 @@ def test_python_m_occfeat_runs_this_checkouts_cli():
     assert [Path(p).resolve() for p in res.stdout.split()] == [REPO / "cli" / "main.py", REPO / "cli" / "voxelize.py"]
 
 
-def test_wheel_holds_cli_as_occfeat_cli_and_every_module(tmp_path):
-    """Built from a copy of the tree (the build writes build/ and *.egg-info next to its sources)."""
-    src = tmp_path / "src"
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel, built from a copy of the tree (the build writes build/ and *.egg-info next to its sources)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
     src.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(REPO / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("occfeat", "cli"):
+    for name in ("occfeat", "cli", "recipes"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
-    code = f"from setuptools import build_meta; print(build_meta.build_wheel({str(tmp_path / 'dist')!r}))"
+    code = f"from setuptools import build_meta; print(build_meta.build_wheel({str(tmp / 'dist')!r}))"
     res = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    with zipfile.ZipFile(tmp_path / "dist" / res.stdout.split()[-1]) as whl:
+    return tmp / "dist" / res.stdout.split()[-1]
+
+
+def test_wheel_holds_cli_as_occfeat_cli_and_every_module(wheel):
+    with zipfile.ZipFile(wheel) as whl:
         names = set(whl.namelist())
         entry_points = next(whl.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     expected = {f"occfeat/{p.relative_to(REPO / 'occfeat').as_posix()}" for p in (REPO / "occfeat").rglob("*.py")}
@@ -135,3 +145,70 @@ def test_wheel_holds_cli_as_occfeat_cli_and_every_module(tmp_path):
     assert "occfeat/__main__.py" in names and "occfeat/cli/main.py" in names
     assert not any(n.startswith("cli/") for n in names)
     assert "occfeat = occfeat.cli.main:app" in entry_points
+
+
+def test_wheel_ships_every_recipe_and_the_typing_marker(wheel):
+    with zipfile.ZipFile(wheel) as whl:
+        names = set(whl.namelist())
+    recipes = {f"occfeat/recipes/{p.relative_to(REPO / 'recipes').as_posix()}" for p in (REPO / "recipes").rglob("*.yaml")}
+    assert len(recipes) > 30 and recipes - names == set()
+    assert "occfeat/py.typed" in names
+    assert not any(n.startswith("recipes/") for n in names)
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory) -> Path:
+    """A fresh venv with the wheel installed and nothing else: torch & co. come from this interpreter's
+    site-packages (--system-site-packages), where the editable install of this checkout also is."""
+    venv = tmp_path_factory.mktemp("venv") / "v"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=120)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps", "--no-index", str(wheel)]
+    res = subprocess.run(pip, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return venv
+
+
+def _in_venv(venv: Path, args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+CHECK_INSTALLED = """
+import occfeat, occfeat.cli.main as cli
+from occfeat.config import find_recipe, recipes_root
+print(occfeat.__file__, cli.__file__, recipes_root(), find_recipe("studies/ci.yaml"), flush=True)
+for args in (["pretrain", "--recipe", "synthetic-tiny", "--print-config"],
+             ["finetune", "--recipe", "synthetic-tinny", "--task", "vehicle", "--fraction", "0.1"]):
+    try:
+        cli.app(args, prog_name="occfeat")
+    except SystemExit as e:
+        print("exit", e.code, flush=True)
+"""
+
+
+def test_the_installed_wheel_runs_its_own_copy_and_finds_recipes_by_name(venv, tmp_path):
+    """From an empty directory: code, command line and recipes all come from the venv, not from this
+    checkout (whose editable install is on the same sys.path); ``--recipe NAME`` finds the shipped recipe.
+    One process (importing torch takes most of its time); the console script runs in the slow test below."""
+    res = _in_venv(venv, ["python", "-c", CHECK_INSTALLED], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    first, *rest = res.stdout.splitlines()
+    paths = [Path(p).resolve() for p in first.split()]
+    site = (venv / "lib").resolve()
+    assert len(paths) == 4 and all(site in p.parents for p in paths), paths
+    assert paths[2].name == "recipes" and paths[3].is_file()
+    printed = "\n".join(rest)
+    assert "shape:\n  - 50\n  - 50\n  - 8" in printed  # the tiny recipe's grid, not the default 200x200x8
+    assert [ln for ln in rest if ln.startswith("exit")] == ["exit 0", "exit 2"]
+    error = res.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: recipe 'synthetic-tinny' not found") and "close names: synthetic-tiny" in error
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_runs_the_ci_demo_from_another_directory(venv, tmp_path):
+    """The whole pipeline from the wheel alone (~2 min on 2 cores; the same demo runs from the checkout in
+    tests/test_demo.py, and the wheel's recipes and command in the fast tests above)."""
+    res = _in_venv(venv, ["occfeat", "demo", "--out", "d", "--preset", "ci"], tmp_path, timeout=1200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "d" / "report" / "table.md").is_file() and (tmp_path / "d" / "pipeline.json").is_file()
+
