@@ -133,7 +133,10 @@ def load_study(recipe: str | Path | None, overrides: list[str] | None = None) ->
 
 
 def _stage(console, title: str):
-    console.rule(f"[bold]{title}")
+    from rich.rule import Rule
+
+    # at most 80 columns: piped to a log file the console is unbounded (it never wraps), a rule would fill it
+    console.print(Rule(f"[bold]{title}"), width=min(console.width, 80))
 
 
 def _ensure_dataroot(cfg: StudyConfig, root: Path, console, progress: bool = True) -> None:

@@ -115,3 +115,12 @@ def test_report_of_no_finished_run_is_one_line(tmp_path):
     (tmp_path / "gt-cache").mkdir()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "gt-cache"), "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1 and "gt-cache has no metrics.json" in res.output
+
+
+def test_synth_writes_the_sweeps_asked_for(tmp_path):
+    res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "w"), "--scenes", "1", "--samples-per-scene", "2",
+                                   "--image-size", "36x64", "--sweeps", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "w" / "sweeps" / "LIDAR_TOP").iterdir())) == 2  # one sweep before each key frame
+    res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--sweeps", "11"])
+    assert res.exit_code == 2 and res.output.startswith("error: --sweeps must be in 1..10")
