@@ -286,9 +286,8 @@ def with_pseudo_labels(batch: dict, pseudo: torch.Tensor) -> dict:
 
 # ---------------------------------------------------------------- run + evaluate
 
-# How a synthetic dataroot (`occfeat synth`) is told apart: a marker file at its top, or the custom
-# splits it writes into <version>/splits.json. Every result on it is marked synthetic.
 def _device(cfg: FinetuneConfig) -> torch.device:
+    """Where evaluation runs: ``train.device``, "auto" = CUDA when there is one (``evaluate --device`` sets it)."""
     if cfg.train.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.train.device)
