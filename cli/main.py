@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from occfeat.cli import demo, evaluate, export, extract, finetune, pretrain, report, synth, voxelize
+from occfeat.cli import demo, evaluate, export, extract, finetune, inspect, pretrain, report, synth, voxelize
 
 
 def version() -> None:
@@ -53,6 +53,7 @@ app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("report")(report.report)
 app.command("export")(export.export)
+app.command("inspect")(inspect.inspect)
 app.command("demo")(demo.demo)
 # study passes its extra key=value arguments (recipe overrides) through ctx.args
 app.command("study", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(demo.study)

@@ -102,7 +102,7 @@ def test_every_command_is_registered():
     from occfeat.cli.main import app
 
     names = {c.name for c in app.registered_commands}
-    assert names == {"version", "synth", "voxelize", "extract", "pretrain", "finetune", "evaluate", "report", "export", "demo", "study"}
+    assert names == {"version", "synth", "voxelize", "extract", "pretrain", "finetune", "evaluate", "report", "export", "inspect", "demo", "study"}
 
 
 def test_python_m_occfeat_runs_this_checkouts_cli():
