@@ -54,7 +54,9 @@ def load_task(run: str | Path, dataroot: str | Path | None = None, version: str 
     for name, value in (("dataroot", dataroot), ("version", version), ("occupancy", occupancy), ("features", features)):
         if value is None:
             raise OccfeatError(f"{run} does not record its {name}; pass --{name}")
-    cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, enabled=False))
+    # The checkpoint overwrites every weight, so the backbone is built random (no weights fetched), as export does.
+    network = dataclasses.replace(cfg.network, random_init=True, backbone_weights=None)
+    cfg = dataclasses.replace(cfg, network=network, augment=dataclasses.replace(cfg.augment, enabled=False))
     task = PretrainTask(cfg, dataroot, version, occupancy, features, split or data.get("split") or "train", progress=False)
     task.load_checkpoint_payload(ckpt["task"])
     task.model.eval()
