@@ -29,6 +29,9 @@ draw the same augmentation for the same sample.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -38,6 +41,9 @@ from torch.utils.data import Dataset
 from occfeat.data.index import CAMERAS, SampleRecord
 from occfeat.errors import OccfeatError
 from occfeat.geometry import crop_intrinsics, invert_rigid, reference_frame, scale_intrinsics
+
+if TYPE_CHECKING:  # cv2 and scipy load only when an evaluation corrupts images
+    from occfeat.data.corruptions import Corruption
 
 
 # simple_bev draws its reference camera with np.random.randint(1, 6) over LSS's camera order
@@ -167,9 +173,12 @@ def load_camera(
     resized_wh: tuple[int, int],
     crop_lt: tuple[int, int],
     resize_mode: str = AugmentConfig.resize_mode,
+    corrupt: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """One image resized to ``resized_wh`` (``resize_mode``, see :class:`AugmentConfig`) then cropped to
-    ``input_hw`` at ``crop_lt``.
+    ``input_hw`` at ``crop_lt``. ``corrupt`` (evaluation under a nuScenes-C corruption) maps the fully
+    decoded stored image (H, W, 3) uint8 to its corrupted copy before the resize, as nuScenes-C corrupts
+    the stored JPEGs.
 
     Returns (image (3, H, W) float32 in [0, 1], K (3, 3) of that image). Missing or unreadable file →
     one-line error naming it.
@@ -178,6 +187,8 @@ def load_camera(
     try:
         img = Image.open(path)
         W0, H0 = img.size
+        if corrupt is not None:
+            img = Image.fromarray(corrupt(np.asarray(img.convert("RGB"))))
         if resize_mode == "nearest":  # Simple-BEV: full decode, nearest-neighbour resize
             img = img.convert("RGB").resize(resized_wh, Image.NEAREST)
         else:
@@ -197,12 +208,15 @@ def load_camera(
 
 
 def load_cameras(
-    rig: CameraRig, input_hw: tuple[int, int], aug: Augmentation, resize_mode: str = AugmentConfig.resize_mode
+    rig: CameraRig, input_hw: tuple[int, int], aug: Augmentation, resize_mode: str = AugmentConfig.resize_mode,
+    corruption: Corruption | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All cameras of a key frame: (images (S, 3, H, W) float32 in [0, 1], K (S, 3, 3) float32 of those images)."""
+    """All cameras of a key frame: (images (S, 3, H, W) float32 in [0, 1], K (S, 3, 3) float32 of those images).
+    ``corruption`` draws per (sample token, camera): the camera is named by the image's folder (samples/CAM_*)."""
     images, Ks = [], []
     for path, K, resized, crop in zip(rig.paths, rig.K, aug.resized_wh, aug.crop_lt):
-        x, K_in = load_camera(path, K, input_hw, resized, crop, resize_mode)
+        corrupt = None if corruption is None else partial(corruption, token=rig.token, camera=Path(path).parent.name)
+        x, K_in = load_camera(path, K, input_hw, resized, crop, resize_mode, corrupt)
         images.append(x)
         Ks.append(K_in)
     return torch.stack(images), torch.from_numpy(np.stack(Ks)).float()
@@ -218,6 +232,8 @@ class CameraDataset(Dataset):
     def __init__(self, rigs: list[CameraRig], input_hw: tuple[int, int], augment: AugmentConfig, seed: int = 0):
         self.rigs, self.input_hw, self.augment, self.seed = rigs, tuple(input_hw), augment, seed
         self.epoch = 0
+        self.corruption: Corruption | None = None
+        """Evaluation under a nuScenes-C corruption (:mod:`occfeat.data.corruptions`); None: clean images."""
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -232,7 +248,7 @@ class CameraDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         rig = self.rigs[i]
         aug = draw_augmentation(rig, self.input_hw, self.augment, sample_rng(self.seed, self.epoch, i))
-        images, K = load_cameras(rig, self.input_hw, aug, self.augment.resize_mode)
+        images, K = load_cameras(rig, self.input_hw, aug, self.augment.resize_mode, self.corruption)
         cam_T_ref = rig.cam_T_ego @ invert_rigid(aug.ref_T_ego)
         item = {
             "token": rig.token,

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -44,6 +45,9 @@ from occfeat.train.records import FinetuneMetrics, PretrainingStamp, Provenance
 from occfeat.files import writing
 from occfeat.perspective import PerspectiveTargets
 from occfeat.train.rundir import read_jsonl, rewrite_jsonl, run_started
+
+if TYPE_CHECKING:
+    from occfeat.data.corruptions import Corruption
 
 
 # ---------------------------------------------------------------- model, data, task
@@ -391,11 +395,16 @@ def run_finetune(
 
 
 def run_evaluate(
-    run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True, device: str | None = None
+    run_dir: str | Path, split: str | None = None, dataroot: str | Path | None = None, progress: bool = True, device: str | None = None,
+    corruption: Corruption | None = None, image_root: str | Path | None = None,
 ) -> FinetuneMetrics:
     """Re-evaluate a finetune run's last checkpoint on ``split`` (default: its val split) on ``device``
     (default: the run's ``train.device``); rewrites ``metrics.json`` and ``samples.npz`` when that is the
-    run's own val split, else writes ``metrics-<split>.json``. Returns the record."""
+    run's own val split, else writes ``metrics-<split>.json``. Under ``corruption`` (nuScenes-C, applied to
+    each stored image as it is read) it writes ``metrics-<split>-<name>-s<severity>.json``; with
+    ``image_root`` (a downloaded nuScenes-C copy, see :func:`images_under`) ``metrics-<split>-<label>.json``,
+    the label made of the folder's last two names (``Fog/hard`` → ``Fog-hard``): neither touches the clean
+    record. Returns the record."""
     run_dir = Path(run_dir)
     retrain = f"move it aside and rerun the finetune command with --out {run_dir} --resume to train it again"
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt", if_damaged=retrain)
@@ -415,6 +424,9 @@ def run_evaluate(
     model = SegmentationModel(network, len(task_classes(cfg.task, cfg.gt))).to(_device(cfg))
     model.load_state_dict(payload["model"])
     dataset = segmentation_set(index, index.tokens, cfg, Path(data["gt_cache"]), train=False, progress=progress)
+    if image_root is not None:
+        dataset.rigs = images_under(dataset.rigs, index.dataroot, Path(image_root))
+    dataset.corruption = corruption
     labelled = read_tokens(run_dir / LABELLED_TOKENS)
     # Checkpoints written before the typed records hold the old stamp: the records read it.
     pretraining = PretrainingStamp.from_dict(payload.get("init"))
@@ -423,7 +435,16 @@ def run_evaluate(
     metrics = finetune_metrics(cfg, pretraining, provenance, len(labelled), result, split=split, dataroot=str(root.resolve()),
                                version=data["version"], step=ckpt["step"], epoch=ckpt["epoch"], checkpoint=str(run_dir / "checkpoints" / "last.pt"),
                                distillation=payload.get("distillation", {}))
-    if split == data["val_split"]:
+    if corruption is not None or image_root is not None:
+        labels = [] if image_root is None else ["-".join(Path(image_root).resolve().parts[-2:])]
+        if corruption is not None:
+            metrics.corruption, metrics.severity = corruption.name, corruption.severity
+            labels.append(corruption.label)
+        metrics.image_root = "" if image_root is None else str(Path(image_root).resolve())
+        name = "-".join([split, *labels])
+        metrics.write(run_dir, f"metrics-{name}.json")
+        log_evaluation(run_dir, ckpt["step"], result, name)
+    elif split == data["val_split"]:
         metrics.write(run_dir)
         write_samples(run_dir, samples, cfg.grid)
         log_evaluation(run_dir, ckpt["step"], result, split, cfg.grid)
@@ -431,3 +452,17 @@ def run_evaluate(
         metrics.write(run_dir, f"metrics-{split}.json")
         log_evaluation(run_dir, ckpt["step"], result, split)
     return metrics
+
+
+def images_under(rigs: list[CameraRig], dataroot: Path, image_root: Path) -> list[CameraRig]:
+    """``rigs`` reading their images from ``image_root`` at the same paths relative to ``dataroot``
+    (samples/CAM_*/...), or without the leading samples/ when ``image_root`` has no such folder: nuScenes-C
+    ships ``<Corruption>/<easy|mid|hard>/CAM_*/<file>``. A one-line error if any image is missing there."""
+    strip = 0 if (image_root / "samples").is_dir() else 1
+    moved = [dataclasses.replace(r, paths=tuple(str(image_root.joinpath(*Path(os.path.relpath(p, dataroot)).parts[strip:])) for p in r.paths))
+             for r in rigs]
+    missing = [p for r in moved for p in r.paths if not Path(p).is_file()]
+    if missing:
+        raise OccfeatError(f"{len(missing)} camera image(s) missing under --image-root {image_root}, e.g. {missing[0]}; "
+                           "give the folder that holds the corrupted samples/CAM_* images")
+    return moved

@@ -210,6 +210,12 @@ class FinetuneMetrics:
     extra_head: dict = field(default_factory=dict)
     """The head trained beside the BEV loss and dropped at test time ({} without): kind, label, weight
     (:mod:`occfeat.train.extra_heads`)."""
+    corruption: str = ""
+    """The nuScenes-C corruption the camera images were evaluated under ("" = clean; occfeat.data.corruptions)."""
+    severity: int = 0
+    """Its severity, 1 to 3 (0 when clean)."""
+    image_root: str = ""
+    """The folder the camera images were read from instead of the dataroot's samples/ ("" = the dataroot)."""
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -232,6 +238,7 @@ class FinetuneMetrics:
         m.input_size = tuple(int(v) for v in m.input_size)
         m.mean_iou, m.iou = float(m.mean_iou), {str(k): float(v) for k, v in m.iou.items()}
         m.step, m.epoch, m.threshold = int(m.step), float(m.epoch), float(m.threshold)
+        m.corruption, m.severity, m.image_root = str(m.corruption), int(m.severity), str(m.image_root)
         m.distillation = dict(m.distillation or {})
         m.extra_head = dict(m.extra_head or {})
         if m.task not in TASKS:
