@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from occfeat.errors import OccfeatError
-from occfeat.features_viz import PcaBasis, correlation_map, fit_pca, pca_rgb, teacher_pca_image, top_occupied
+from occfeat.features_viz import PcaBasis, correlation_map, fit_pca, pca_rgb, pixel_to_patch, teacher_pca_image, top_occupied, upsample_hw
+from occfeat.geometry import apply_4x4, project_points
 from occfeat.models import predict_at
 from occfeat.train.pretrain import PretrainTask, read_pretrain_run
 from occfeat.train.rundir import load_checkpoint
@@ -37,6 +38,12 @@ class SampleFeatures:
     """(S, Hp, Wp, C) the teacher's maps of the sample's cameras."""
     image_hw: tuple[int, int]
     """(H, W) of the stored camera images the teacher maps cover."""
+    top_xyz: np.ndarray
+    """(X, Y, 3) ego-frame centre (metres) of each column's highest occupied voxel."""
+    K: np.ndarray
+    """(S, 3, 3) intrinsics at the stored image size."""
+    cam_T_ego: np.ndarray
+    """(S, 4, 4) ego → camera."""
 
 
 def load_task(run: str | Path, dataroot: str | Path | None = None, version: str | None = None, occupancy: str | Path | None = None, features: str | Path | None = None,
@@ -83,16 +90,33 @@ def sample_features(task: PretrainTask, index: int) -> SampleFeatures:
     top = np.zeros((*has.shape, occupied.shape[1]), dtype=np.float32)
     top[xs, ys] = predict_at(predictor, volume, top_idx).float().numpy()
     hw = batch["image_hw_orig"][0, 0].tolist()
-    return SampleFeatures(task.train_set.rigs[index].token, occupied, top, has, batch["features"][0].float().numpy(), (int(hw[0]), int(hw[1])))
+    grid = task.cfg.grid
+    top_xyz = np.stack(np.broadcast_arrays(grid.axis_centers(0)[:, None], grid.axis_centers(1)[None, :], grid.axis_centers(2)[z_top]), axis=-1)
+    return SampleFeatures(task.train_set.rigs[index].token, occupied, top, has, batch["features"][0].float().numpy(), (int(hw[0]), int(hw[1])),
+                          top_xyz, batch["K_orig"][0].numpy(), batch["cam_T_ego"][0].numpy())
 
 
-def default_column(has: np.ndarray) -> tuple[int, int]:
-    """The occupied BEV column nearest the grid's centre: a voxel to correlate against when none is named."""
-    cells = np.argwhere(has)
+def seen_from(sample: SampleFeatures, column: tuple[int, int]) -> tuple[int, tuple[float, float]] | None:
+    """(camera, (u, v)) of the first camera whose stored image shows the top voxel of BEV ``column``, or None."""
+    H, W = sample.image_hw
+    cam = apply_4x4(sample.cam_T_ego, np.broadcast_to(sample.top_xyz[column], (len(sample.K), 1, 3)))  # (S, 1, 3)
+    uv, in_front = project_points(sample.K, cam)
+    for s in range(len(sample.K)):
+        u, v = uv[s, 0]
+        if in_front[s, 0] and 0 <= u < W and 0 <= v < H:
+            return s, (float(u), float(v))
+    return None
+
+
+def default_column(sample: SampleFeatures) -> tuple[int, int]:
+    """A BEV column to correlate against when none is named: the occupied one nearest the grid's centre that
+    a camera sees (so the teacher's map has the same point), else the occupied one nearest the centre."""
+    cells = np.argwhere(sample.has)
     if not len(cells):
-        raise OccfeatError("the sample has no occupied voxel to correlate against; pick another --sample")
-    centre = (np.array(has.shape) - 1) / 2
-    return tuple(int(v) for v in cells[np.argmin(((cells - centre) ** 2).sum(axis=1))])
+        raise OccfeatError(f"sample {sample.token} has no occupied voxel to correlate against; pick another --sample")
+    centre = (np.array(sample.has.shape) - 1) / 2
+    by_distance = [tuple(int(v) for v in c) for c in cells[np.argsort(((cells - centre) ** 2).sum(axis=1), kind="stable")]]
+    return next((c for c in by_distance if seen_from(sample, c) is not None), by_distance[0])
 
 
 def bev_rgb(sample: SampleFeatures, basis: PcaBasis) -> np.ndarray:
@@ -103,7 +127,8 @@ def bev_rgb(sample: SampleFeatures, basis: PcaBasis) -> np.ndarray:
 def draw_pictures(a: SampleFeatures, b: SampleFeatures, column: tuple[int, int] | None, out_dir: Path, camera: int = 0) -> list[Path]:
     """Fig. 5-6 for sample ``a``, with ``b`` coloured by a's basis: ``pca.png`` (the predicted 3D features seen
     from above, a then b), ``correlation.png`` (correlation with the top voxel of BEV ``column`` (x, y) of a),
-    ``teacher.png`` (the teacher's maps of ``camera`` in a and b through a basis fitted on a's maps). BEV
+    ``teacher.png`` (the teacher's maps of ``camera`` in a and b through a basis fitted on a's maps) and, when a
+    camera sees that voxel, ``teacher_correlation.png`` (the teacher's map correlated with its patch). BEV
     images are drawn with x (forward) up and y (left) left."""
     import matplotlib
 
@@ -113,7 +138,7 @@ def draw_pictures(a: SampleFeatures, b: SampleFeatures, column: tuple[int, int] 
     if not 0 <= camera < len(a.teacher):
         raise OccfeatError(f"camera {camera} is out of range: the samples have {len(a.teacher)} cameras (0 to {len(a.teacher) - 1})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    column = column or default_column(a.has)
+    column = column or default_column(a)
     if not (0 <= column[0] < a.has.shape[0] and 0 <= column[1] < a.has.shape[1]) or not a.has[column]:
         raise OccfeatError(f"BEV column {column} of sample {a.token} holds no occupied voxel; pick one that does, or leave --column out")
 
@@ -135,6 +160,7 @@ def draw_pictures(a: SampleFeatures, b: SampleFeatures, column: tuple[int, int] 
     corr = correlation_map(np.moveaxis(a.top - a.occupied.mean(axis=0), -1, 0), column, mask=a.has)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     fig.colorbar(bev(ax, np.ma.masked_invalid(corr), f"correlation with column {column}", cmap="viridis", vmin=-1, vmax=1), ax=ax, fraction=0.046)
+    ax.plot(a.has.shape[1] - 1 - column[1], a.has.shape[0] - 1 - column[0], marker="x", color="red", markersize=10)  # in the flipped view
     written.append(_save(fig, out_dir / "correlation.png"))
 
     t_basis = fit_pca(a.teacher.reshape(-1, a.teacher.shape[-1]))
@@ -144,6 +170,20 @@ def draw_pictures(a: SampleFeatures, b: SampleFeatures, column: tuple[int, int] 
         ax.set_title(f"teacher, {s.token[:8]} camera {camera}: {title}", fontsize=9)
         ax.set_axis_off()
     written.append(_save(fig, out_dir / "teacher.png"))
+
+    seen = seen_from(a, column)
+    if seen is not None:  # the teacher's correlation map at the patch the same voxel projects to
+        cam, uv = seen
+        fmap = a.teacher[cam]
+        patch = pixel_to_patch(uv, a.image_hw, fmap.shape[:2])
+        t_corr = correlation_map(np.moveaxis(fmap - fmap.reshape(-1, fmap.shape[-1]).mean(axis=0), -1, 0), patch)
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        shown = ax.imshow(upsample_hw(t_corr[..., None], a.image_hw, mode="nearest")[..., 0], cmap="viridis", vmin=-1, vmax=1)
+        ax.plot(*uv, marker="x", color="red", markersize=10)
+        ax.set_title(f"teacher, {a.token[:8]} camera {cam}: correlation with the patch of column {column}", fontsize=9)
+        ax.set_axis_off()
+        fig.colorbar(shown, ax=ax, fraction=0.046)
+        written.append(_save(fig, out_dir / "teacher_correlation.png"))
     return written
 
 

@@ -169,3 +169,13 @@ def upsample_hw(image: np.ndarray, image_hw: tuple[int, int], mode: str = "bilin
     kwargs = {"align_corners": False} if mode == "bilinear" else {}
     out = F.interpolate(t, size=tuple(int(s) for s in image_hw), mode=mode, **kwargs)
     return out[0].permute(1, 2, 0).numpy()
+
+
+def pixel_to_patch(uv: tuple[float, float], image_hw: tuple[int, int], map_hw: tuple[int, int]) -> tuple[int, int]:
+    """The (row, col) of the teacher map cell (map_hw (Hp, Wp)) that covers pixel ``uv`` (u right, v down, in
+    continuous pixels of an image of ``image_hw`` (H, W)): the map covers the whole image resized, so a cell
+    is (H/Hp) x (W/Wp) pixels. Clamped to the map, for points on its last edge."""
+    (H, W), (Hp, Wp) = image_hw, map_hw
+    row = min(max(int(np.floor(uv[1] * Hp / H)), 0), Hp - 1)
+    col = min(max(int(np.floor(uv[0] * Wp / W)), 0), Wp - 1)
+    return row, col

@@ -6,7 +6,7 @@ import pytest
 
 from occfeat.errors import OccfeatError
 from occfeat.features_viz import (bev_pca_image, bev_top_features, correlation_map, fit_pca, occupied_features, pca_rgb,
-                                  teacher_pca_image, top_occupied)
+                                  pixel_to_patch, teacher_pca_image, top_occupied)
 
 
 def _scene(seed: int, n: int = 500, c: int = 16) -> np.ndarray:
@@ -123,3 +123,11 @@ def test_bev_and_teacher_images_are_rgb_in_range_with_a_background():
     assert np.allclose(up[::2, ::2], pca_rgb(fmap, t_basis))  # nearest ×2: each patch colour in a 2x2 block
     smooth = teacher_pca_image(fmap, t_basis, (28, 49))
     assert smooth.shape == (28, 49, 3) and smooth.min() >= 0 and smooth.max() <= 1
+
+
+def test_a_pixel_falls_in_the_teacher_patch_that_covers_it():
+    # 900x1600 image, 16x28 map (DINOv2 /14 at 224x392): a cell is 56.25 x 57.14 px
+    assert pixel_to_patch((0.0, 0.0), (900, 1600), (16, 28)) == (0, 0)
+    assert pixel_to_patch((57.2, 56.2), (900, 1600), (16, 28)) == (0, 1)
+    assert pixel_to_patch((57.1, 56.3), (900, 1600), (16, 28)) == (1, 0)
+    assert pixel_to_patch((1600.0, 900.0), (900, 1600), (16, 28)) == (15, 27)  # the far edge stays on the map

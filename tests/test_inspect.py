@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from occfeat.cli.main import app
 from occfeat.errors import OccfeatError
-from occfeat.feature_pictures import load_task, sample_features
+from occfeat.feature_pictures import default_column, load_task, sample_features, seen_from
 from occfeat.features_viz import top_occupied
 from occfeat.train.rundir import CHECKPOINT_FORMAT, atomic_save
 from tests.fixtures.pretrain import make_task
@@ -46,12 +46,17 @@ def test_sample_features_are_the_predictors_output_at_the_top_occupied_voxels(ru
     assert np.allclose(s.top[x, y], dense[:, z_top[x, y], x, y].numpy(), atol=1e-5)
     with pytest.raises(OccfeatError, match="out of range"):
         sample_features(task, len(task.train_set))
+    seen = [c for c in map(tuple, np.argwhere(has)) if seen_from(s, c) is not None]
+    assert len(seen) > has.sum() / 2, f"{len(seen)} of {has.sum()} top voxels seen by a camera"  # 6 cameras see most around the car
+    # the top voxel of the default column, projected into the camera that sees it, lands inside that image
+    cam, (u, v) = seen_from(s, default_column(s))
+    assert 0 <= u < s.image_hw[1] and 0 <= v < s.image_hw[0] and 0 <= cam < len(s.teacher)
 
 
 def test_inspect_writes_the_three_pictures(run_dir, tmp_path):
     res = CliRunner().invoke(app, ["inspect", str(run_dir), "--out", str(tmp_path / "pics"), "--other", "2"])
     assert res.exit_code == 0, res.output
-    for name in ("pca.png", "correlation.png", "teacher.png"):
+    for name in ("pca.png", "correlation.png", "teacher.png", "teacher_correlation.png"):
         img = np.asarray(Image.open(tmp_path / "pics" / name).convert("RGB"))
         assert img.shape[0] > 100 and len(np.unique(img.reshape(-1, 3), axis=0)) > 20, name  # drawn, not blank
     bad = CliRunner().invoke(app, ["inspect", str(run_dir), "--out", str(tmp_path / "x"), "--column", "1"])
