@@ -177,7 +177,7 @@ def initial_state(name: str, backbone: dict) -> tuple[dict[str, torch.Tensor], s
         except OccfeatError:
             return random, set(random), f"{rand}, since the hub weights the run started from are not in the HF cache"
         return model.state_dict(), set(), f"timm's pretrained weights of '{name}' (HF cache), as the run started"
-    return random, set(random), f"{rand}; the run's backbone started from random weights too"
+    return random, set(random), rand  # a random-init run: the summary line says so once (describe)
 
 
 def covering_prefixes(selected: list[str], keys: list[str]) -> list[str]:
