@@ -124,3 +124,18 @@ def test_synth_writes_the_sweeps_asked_for(tmp_path):
     assert len(list((tmp_path / "w" / "sweeps" / "LIDAR_TOP").iterdir())) == 2  # one sweep before each key frame
     res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--sweeps", "11"])
     assert res.exit_code == 2 and res.output.startswith("error: --sweeps must be in 1..10")
+
+
+def test_evaluation_device_resolves_like_training():
+    import dataclasses
+
+    import torch
+
+    from occfeat.train.finetune import _device
+    from occfeat.train.finetune_config import FinetuneConfig
+
+    cfg = FinetuneConfig()
+    assert _device(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="cpu"))).type == "cpu"
+    if not torch.cuda.is_available():  # `occfeat evaluate --device cuda` here: one line, not a torch traceback later
+        with pytest.raises(OccfeatError, match="no CUDA device"):
+            _device(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="cuda")))

@@ -291,10 +291,11 @@ def with_pseudo_labels(batch: dict, pseudo: torch.Tensor) -> dict:
 # ---------------------------------------------------------------- run + evaluate
 
 def _device(cfg: FinetuneConfig) -> torch.device:
-    """Where evaluation runs: ``train.device``, "auto" = CUDA when there is one (``evaluate --device`` sets it)."""
-    if cfg.train.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.train.device)
+    """Where evaluation runs: ``train.device`` as training resolves it ("auto" = CUDA when there is one;
+    a CUDA device on a machine without one is a one-line error). ``evaluate --device`` sets it."""
+    from occfeat.train.dist import DistEnv, resolve_device
+
+    return resolve_device(cfg.train.device, DistEnv())
 
 
 def finetune_metrics(
