@@ -31,16 +31,23 @@ def report(
 
 
 def print_report(res: dict) -> None:
-    """The table of :func:`occfeat.report.write_report` on stdout, with its legend; the files written on stderr."""
-    table = res["table"]
-    t = Table(title=f"BEV segmentation IoU ({len(res['runs'])} runs)")
+    """The table of :func:`occfeat.report.write_report` on stdout, with its legend (and the robustness
+    table when runs were evaluated under corruptions); the files written on stderr."""
+    stdout.print(_rich_table(res["table"], f"BEV segmentation IoU ({len(res['runs'])} runs)"))
+    for line in res["legend"]:
+        stdout.print(line, highlight=False)
+    if res.get("robustness") is not None:
+        stdout.print(_rich_table(res["robustness"], "IoU under nuScenes-C corruptions (mean over severities)"))
+    console.print(f"wrote {', '.join(str(p) for p in res['files'])}", highlight=False)
+
+
+def _rich_table(table, title: str) -> Table:
+    """A pandas table with a row MultiIndex as a rich Table: the index levels as bold columns."""
+    t = Table(title=title)
     for name in table.index.names:
         t.add_column(name, style="bold", no_wrap=True)
     for col in table.columns:
         t.add_column(col, justify="right", no_wrap=True)
     for key, row in zip(table.index, table.itertuples(index=False)):
         t.add_row(*map(str, key), *row)
-    stdout.print(t)
-    for line in res["legend"]:
-        stdout.print(line, highlight=False)
-    console.print(f"wrote {', '.join(str(p) for p in res['files'])}", highlight=False)
+    return t

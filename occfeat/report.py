@@ -227,4 +227,34 @@ def write_report(run_dirs: list[str | Path], out: str | Path, plots: bool = True
                     marks = [f"{mark} {text}" for flag, mark, text in MARKS if getattr(r, flag)]
                     title = "\n".join([f"{Path(r.run).name}: BEV pretraining {r.pretraining}{r.marks}, {r.labelled} labelled", *marks])
                     files.append(plot_samples(npz, out / f"samples-{Path(r.run).name}.png", title, run_grid(r.run)))
-    return {"runs": runs, "summary": summary, "table": table, "legend": notes, "files": files, "skipped": skipped}
+        robust = write_robustness(runs, notes, out, plots)
+        files += robust["files"]
+    return {"runs": runs, "summary": summary, "table": table, "legend": notes, "files": files, "skipped": skipped,
+            "robustness": robust["table"]}
+
+
+def write_robustness(runs: pd.DataFrame, notes: list[str], out: Path, plots: bool = True) -> dict:
+    """Fig. 4 of the paper when any run was evaluated under nuScenes-C corruptions
+    (:mod:`occfeat.robustness`): ``robustness.md``, ``robustness.csv`` and ``robustness.png`` in ``out``.
+    Returns {"table": the table or None, "files": the files written}."""
+    from occfeat.robustness import robustness_figure, robustness_frame, robustness_table, summarize_robustness
+
+    frame = robustness_frame(runs)
+    if frame.empty:
+        return {"table": None, "files": []}
+    summary = summarize_robustness(frame, ROW_KEYS)
+    table = robustness_table(summary)
+    lines = ["IoU x100 over the val split per corruption, mean over its severities (s…: the only severities "
+             "evaluated) and over seeds (± std); Clean: the same runs without corruption.",
+             *[n for n in notes if n[:1] in {m for _, m, _ in MARKS}]]
+    files = [out / "robustness.md", out / "robustness.csv"]
+    files[0].write_text(to_markdown(table, lines))
+    summary.to_csv(files[1], index=False)
+    if plots:
+        import matplotlib.pyplot as plt
+
+        fig = robustness_figure(summary, lines[1:])
+        fig.savefig(out / "robustness.png", dpi=110)
+        plt.close(fig)
+        files.append(out / "robustness.png")
+    return {"table": table, "files": files}

@@ -4,6 +4,7 @@ stronger with severity."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from occfeat.data.corruptions import CORRUPTIONS, FRAME_LOST_PROB, Corruption, crashed_cameras
@@ -98,8 +99,8 @@ def test_evaluate_under_a_corruption_and_from_an_image_root(synth_root, tmp_path
     assert (out / "metrics.json").read_bytes() == clean and (out / "samples.npz").read_bytes() == samples
     assert FinetuneMetrics.read(out).corruption == "" and FinetuneMetrics.read(out).severity == 0
 
-    res = CliRunner().invoke(occfeat.cli.main.app, ["evaluate", str(out), "--no-progress", "--corruption", "fog"])
-    assert res.exit_code == 2 and "--corruption and --severity go together" in res.output
+    res = CliRunner().invoke(occfeat.cli.main.app, ["evaluate", str(out), "--no-progress", "--severity", "2"])
+    assert res.exit_code == 2 and "--severity needs --corruption" in res.output
     res = CliRunner().invoke(occfeat.cli.main.app, ["evaluate", str(out), "--no-progress", "--corruption", "rain", "--severity", "1"])
     assert res.exit_code == 2 and "unknown corruption 'rain'; use one of brightness, low_light" in res.output
 
@@ -114,6 +115,18 @@ def test_evaluate_under_a_corruption_and_from_an_image_root(synth_root, tmp_path
     assert again.image_root == str(images.resolve()) and again.corruption == ""
     assert again.intersection == reference.intersection and again.union == reference.union
     assert (out / "metrics.json").read_bytes() == clean
+
+    # the report's Fig. 4 chart: the on-the-fly fog s3 and the downloaded Fog/hard are both fog at severity 3
+    rep = tmp_path / "report"
+    res = CliRunner().invoke(occfeat.cli.main.app, ["report", str(out), "--out", str(rep)])
+    assert res.exit_code == 0, res.output
+    assert "IoU under nuScenes-C corruptions" in res.output
+    summary = pd.read_csv(rep / "robustness.csv")
+    fog = summary[summary.corruption == "fog"]
+    assert len(fog) == 1 and str(fog.severities.iloc[0]) == "3"
+    assert fog["mean"].iloc[0] == pytest.approx((m.mean_iou + again.mean_iou) / 2)
+    assert summary[summary.corruption == "clean"]["mean"].iloc[0] == pytest.approx(reference.mean_iou)
+    assert (rep / "robustness.png").is_file() and "(s3)" in (rep / "robustness.md").read_text()
 
     shutil.rmtree(images / "CAM_BACK")
     res = CliRunner().invoke(occfeat.cli.main.app, ["evaluate", str(out), "--no-progress", "--image-root", str(images)])
