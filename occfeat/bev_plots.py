@@ -91,6 +91,19 @@ def to_page(a: np.ndarray) -> np.ndarray:
     return np.flip(a, axis=(0, 1))
 
 
+def page_xy(points: np.ndarray) -> np.ndarray:
+    """Ego-frame points (N, >=2) (x forward, y left) → (N, 2) page data coordinates (horizontal y, vertical
+    x, metres) of an axes set up by :func:`bev_axes`: the same place a cell drawn by :func:`to_page` with
+    :func:`bev_extent` has."""
+    p = np.asarray(points, dtype=np.float64)
+    return np.stack([p[:, 1], p[:, 0]], axis=1)
+
+
+def draw_bev_image(ax, image: np.ndarray, grid: BevGrid, **kwargs):
+    """An (X, Y) or (X, Y, 3) array of cells on the page in metres (``kwargs`` to imshow: cmap, norm...)."""
+    return ax.imshow(to_page(image), extent=bev_extent(grid), interpolation="nearest", **kwargs)
+
+
 # ---------------------------------------------------------------- what each cell shows (pure)
 
 

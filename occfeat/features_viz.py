@@ -134,23 +134,45 @@ def correlation_map(features: np.ndarray, index: tuple[int, ...], mask: np.ndarr
     position in ``...``) → (...) in [-1, 1], exactly 1 at ``index``. ``mask`` (...) bool: NaN where False
     (unoccupied voxels, drawn blank)."""
     x = np.asarray(features, dtype=np.float64)
-    spatial = x.shape[1:]
-    if len(index) != len(spatial):
-        raise ValueError(f"index {index} must have {len(spatial)} coordinates for features of shape {x.shape}")
-    ref = x[(slice(None), *index)]
-    ref_norm = np.linalg.norm(ref)
-    if ref_norm == 0:
+    if len(index) != x.ndim - 1:
+        raise ValueError(f"index {index} must have {x.ndim - 1} coordinates for features of shape {x.shape}")
+    if np.linalg.norm(x[(slice(None), *index)]) == 0:
         raise OccfeatError(f"the feature at {index} is all zeros, so it correlates with nothing; pick an occupied voxel")
-    norms = np.linalg.norm(x, axis=0)
-    corr = np.tensordot(ref, x, axes=(0, 0)) / np.maximum(norms * ref_norm, 1e-12)
-    corr = np.clip(corr, -1.0, 1.0)
+    corr = cosine_map(x, x[(slice(None), *index)])
     corr[index] = 1.0  # a vector with itself; rounding would leave 1 - 1e-16
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
-        if mask.shape != spatial:
-            raise ValueError(f"mask must be {spatial}, got shape {mask.shape}")
+        if mask.shape != corr.shape:
+            raise ValueError(f"mask must be {corr.shape}, got shape {mask.shape}")
         corr = np.where(mask, corr, np.nan)
     return corr
+
+
+def cosine_map(features: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every feature in ``features`` (C, ...) with the vector ``ref`` (C,) → (...) in
+    [-1, 1]. ``ref`` may come from another map or scene (the teacher's patch of one sample against a second
+    sample's map); a zero feature gets 0."""
+    x = np.asarray(features, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if ref.shape != x.shape[:1]:
+        raise ValueError(f"ref must be ({x.shape[0]},) for features of shape {x.shape}, got {ref.shape}")
+    norms = np.linalg.norm(x, axis=0) * np.linalg.norm(ref)
+    return np.clip(np.tensordot(ref, x, axes=(0, 0)) / np.maximum(norms, 1e-12), -1.0, 1.0)
+
+
+def top_height(occupied: np.ndarray, z_centers: np.ndarray) -> np.ndarray:
+    """``occupied`` (X, Y, Z) bool, ``z_centers`` (Z,) metres → (X, Y) height (m) of each column's highest
+    occupied voxel, NaN where none: the occupancy target seen from above, coloured by how tall it is."""
+    z_top, has = top_occupied(occupied)
+    return np.where(has, np.asarray(z_centers, dtype=np.float64)[z_top], np.nan)
+
+
+def subsample(n: int, at_most: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``at_most`` of ``n`` items, drawn without replacement by a seeded generator:
+    a 3D scatter of a paper-size scene's ~10^5 voxels would take minutes to draw and show no more."""
+    if n <= at_most:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=at_most, replace=False))
 
 
 def teacher_pca_image(feature_map: np.ndarray, basis: PcaBasis, image_hw: tuple[int, int], mode: str = "bilinear") -> np.ndarray:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from occfeat.errors import OccfeatError
-from occfeat.features_viz import (bev_pca_image, bev_top_features, correlation_map, fit_pca, occupied_features, pca_rgb,
-                                  pixel_to_patch, teacher_pca_image, top_occupied)
+from occfeat.features_viz import (bev_pca_image, bev_top_features, correlation_map, cosine_map, fit_pca, occupied_features, pca_rgb,
+                                  pixel_to_patch, subsample, teacher_pca_image, top_height, top_occupied)
 
 
 def _scene(seed: int, n: int = 500, c: int = 16) -> np.ndarray:
@@ -131,3 +131,31 @@ def test_a_pixel_falls_in_the_teacher_patch_that_covers_it():
     assert pixel_to_patch((57.2, 56.2), (900, 1600), (16, 28)) == (0, 1)
     assert pixel_to_patch((57.1, 56.3), (900, 1600), (16, 28)) == (1, 0)
     assert pixel_to_patch((1600.0, 900.0), (900, 1600), (16, 28)) == (15, 27)  # the far edge stays on the map
+
+
+def test_a_reference_from_another_map_correlates_by_cosine():
+    rng = np.random.default_rng(7)
+    fmap = rng.normal(size=(5, 3, 4))  # (C, Hp, Wp)
+    ref = fmap[:, 1, 2].copy()
+    assert np.allclose(cosine_map(fmap, ref), correlation_map(fmap, (1, 2)))  # the same as a reference inside the map
+    fmap[:, 0, 0] = -3 * ref
+    fmap[:, 2, 3] = 0  # an empty feature: 0, not NaN
+    out = cosine_map(fmap, ref)
+    assert np.isclose(out[0, 0], -1.0) and out[2, 3] == 0.0 and out.shape == (3, 4)
+    with pytest.raises(ValueError, match="ref must be"):
+        cosine_map(fmap, ref[:3])
+
+
+def test_top_height_is_the_centre_of_each_columns_highest_voxel():
+    _, occ = _volume_and_occupancy()
+    z_centers = np.array([-4.0, -2.0, 0.0, 2.0])
+    h = top_height(occ, z_centers)
+    assert h[0, 0] == 0.0 and h[1, 2] == 2.0 and h[0, 1] == -4.0  # z index 2, 3, 0
+    assert np.isnan(h[0, 2]) and np.isnan(h[1, 0]) and np.isfinite(h).sum() == 3
+
+
+def test_subsample_keeps_everything_when_small_and_is_seeded_when_not():
+    assert subsample(5, 10).tolist() == [0, 1, 2, 3, 4]
+    a, b = subsample(1000, 50), subsample(1000, 50)
+    assert len(a) == 50 == len(np.unique(a)) and np.array_equal(a, b) and (np.diff(a) > 0).all() and a.max() < 1000
+    assert not np.array_equal(a, subsample(1000, 50, seed=1))
