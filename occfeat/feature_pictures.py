@@ -179,7 +179,7 @@ def write_pretraining_pictures(run_dir: str | Path, out_dir: str | Path, *, samp
                                occupancy: str | Path | None = None, features: str | Path | None = None, split: str | None = None) -> list[Path]:
     """Every picture of the pretraining run ``run_dir`` into ``out_dir``; returns the files written.
 
-    - ``loss.png``: the loss curves of its ``metrics.jsonl`` (when the run dir has one);
+    - ``loss.png``: the loss curves of its ``metrics.jsonl`` (when the run has logged any);
     - ``occupancy.png``: sample ``sample``'s occupancy target beside its LiDAR points (runs with an occupancy cache);
     - with the features (or balanced) objective: ``features_bev.png`` (Fig. 5 from above, ``sample`` and ``other`` through
       one PCA basis), ``features_3d.png``, ``correlation.png`` (Fig. 6, against the top voxel of BEV
@@ -199,8 +199,8 @@ def write_pretraining_pictures(run_dir: str | Path, out_dir: str | Path, *, samp
     weights = {name: c.weight for name, c in pretrain.config.objectives.items()}
     written = []
     metrics = pretrain.checkpoint.parent.parent / "metrics.jsonl"
-    if metrics.is_file():  # first: it needs neither the data nor the caches
-        x_name, curves = figs.loss_curves(figs.read_metrics(metrics))
+    x_name, curves = figs.loss_curves(figs.read_metrics(metrics)) if metrics.is_file() else ("step", {})
+    if curves:  # first: it needs neither the data nor the caches
         written.append(figs.save(figs.loss_figure(x_name, curves, weights, caption), out_dir / "loss.png"))
     task = task_from_run(pretrain, dataroot, version, occupancy, features, split, need_features=False, progress=progress)
     n = len(task.train_set)

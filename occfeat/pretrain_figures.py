@@ -25,12 +25,15 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from occfeat.bev_plots import EMPTY_RGB, bev_axes, draw_bev_image, page_xy  # noqa: E402
-from occfeat.errors import OccfeatError  # noqa: E402
 from occfeat.features_viz import subsample  # noqa: E402
 from occfeat.grid import BevGrid  # noqa: E402
 from occfeat.train.records import Provenance  # noqa: E402
 
 HEIGHT_CMAP = "viridis"  # occupancy and LiDAR heights share it (and one colour bar)
+# Heights (m, ego frame: z = 0 is the ground under the rear axle) the colours span: the road dark, cars mid,
+# trucks and buses light, anything taller (buildings, poles) clipped to the top colour. The grid's full
+# -4.5..5.5 m would give the road and a car's roof nearly the same colour.
+HEIGHT_RANGE = (-0.5, 4.0)
 CORR_CMAP = "RdBu_r"  # correlation is signed: diverging, white at 0
 SCATTER_POINTS = 4000  # occupied voxels drawn in the 3D view at most (the PCA is fitted on all of them)
 LIDAR_POINTS = 60000  # LiDAR points drawn at most (a paper-size multi-sweep cloud has ~10^6)
@@ -85,24 +88,36 @@ class Caption:
         return f"{what}\n{tail}"
 
 
-def titled(fig: Figure, caption: Caption, what: str) -> Figure:
-    """``fig`` with :meth:`Caption.title` as its suptitle, room made for it above the panels."""
+def stamp(fig: Figure, caption: Caption, what: str, crop: bool = False) -> str:
+    """Put :meth:`Caption.title` on top of ``fig`` and remember ``what`` and the stamp for :func:`save` (the PNG's
+    metadata); ``crop``: save crops to what was drawn. Returns the title, for the caller's layout."""
     text = caption.title(what, fig.get_figwidth())
-    fig.suptitle(text, fontsize=9, y=0.995, va="top")
-    fig._occfeat_caption = (what, caption.stamp)  # save() writes them into the PNG's metadata
+    fig.suptitle(text, fontsize=9, y=1 - 0.08 / fig.get_figheight(), va="top")
+    fig._occfeat_caption = (what, caption.stamp, crop)
+    return text
+
+
+def titled(fig: Figure, caption: Caption, what: str) -> Figure:
+    """``fig`` stamped by :func:`stamp`, its panels laid out below the title by tight_layout."""
+    stamp(fig, caption, what)
     fig.tight_layout()  # makes room for the suptitle too
     return fig
 
 
 def save(fig: Figure, path: Path) -> Path:
     """``fig`` as a PNG at ``path`` with its caption in the PNG's Title / Description text chunks; closes it.
-    A figure marked ``_occfeat_crop`` (the 3D view, whose axes keep empty margins) is cropped to what it drew:
+    A figure stamped with ``crop`` (the 3D view, whose axes keep empty margins) is cropped to what it drew:
     that draws it twice, so laid-out figures are not."""
-    what, stamp = getattr(fig, "_occfeat_caption", ("", ""))
-    crop = {"bbox_inches": "tight", "pad_inches": 0.1} if getattr(fig, "_occfeat_crop", False) else {}
-    fig.savefig(path, dpi=DPI, **crop, metadata={"Title": what, "Description": stamp, "Software": "occfeat"})
+    what, text, crop = getattr(fig, "_occfeat_caption", ("", "", False))
+    kwargs = {"bbox_inches": "tight", "pad_inches": 0.1} if crop else {}
+    fig.savefig(path, dpi=DPI, **kwargs, metadata={"Title": what, "Description": text, "Software": "occfeat"})
     plt.close(fig)
     return path
+
+
+def title_height(text: str) -> float:
+    """Inches a suptitle of ``text`` (9 pt) takes at the top of a figure."""
+    return 0.18 * (text.count("\n") + 1) + 0.15
 
 
 # BEV figures are laid out in inches (as occfeat.bev_plots lays out a sample): square panels of PANEL in,
@@ -116,12 +131,9 @@ def bev_figure(caption: Caption, what: str, n: int, colorbar: bool = False) -> t
     """A figure of ``n`` BEV panels side by side under ``caption``'s title for ``what``; returns (fig, the
     panels' axes, the colour bar's axes or None). Set the panels up with :func:`occfeat.bev_plots.bev_axes`."""
     width = LEFT + n * PANEL + (n - 1) * GAP + (COLORBAR if colorbar else 0.0) + RIGHT
-    text = caption.title(what, width)
-    title_h = 0.18 * (text.count("\n") + 1) + 0.15
-    height = title_h + PANEL_TITLE + PANEL + BOTTOM
+    height = title_height(caption.title(what, width)) + PANEL_TITLE + PANEL + BOTTOM
     fig = plt.figure(figsize=(width, height))
-    fig.suptitle(text, fontsize=9, y=1 - 0.08 / height, va="top")
-    fig._occfeat_caption = (what, caption.stamp)
+    stamp(fig, caption, what)
     axes = [fig.add_axes(((LEFT + i * (PANEL + GAP)) / width, BOTTOM / height, PANEL / width, PANEL / height)) for i in range(n)]
     cax = fig.add_axes(((LEFT + n * PANEL + (n - 1) * GAP + 0.15) / width, BOTTOM / height, 0.15 / width, PANEL / height)) if colorbar else None
     return fig, axes, cax
@@ -145,9 +157,7 @@ def features_3d_figure(xyz: np.ndarray, rgb: np.ndarray, grid: BevGrid, name: st
     (N, 3), at most :data:`SCATTER_POINTS` of them, seen from behind and above the ego."""
     keep = subsample(len(xyz), SCATTER_POINTS)
     fig = plt.figure(figsize=(8.5, 7.0))
-    fig.suptitle(caption.title("Predicted voxel features in 3D, PCA as RGB", 8.5), fontsize=9, y=0.99, va="top")
-    fig._occfeat_caption = ("Predicted voxel features in 3D, PCA as RGB", caption.stamp)
-    fig._occfeat_crop = True
+    stamp(fig, caption, "Predicted voxel features in 3D, PCA as RGB", crop=True)
     ax = fig.add_axes((0.0, 0.0, 1.0, 0.86), projection="3d")
     p = xyz[keep]
     size = 900.0 / max(grid.shape[:2])  # marker area: about a voxel across on a 50- or 200-cell grid
@@ -209,13 +219,12 @@ def teacher_figure(rows: list[TeacherRow], caption: Caption) -> Figure:
     width, left, gap, bar = 14.0, 0.1, 0.15, 0.75  # inches; bar: a colour bar and its tick labels
     pw = (width - 2 * left - 2 * gap - bar) / 3
     ph = pw * h / w
-    text = caption.title("Teacher 2D features beside the camera image", width)
-    title_h = 0.18 * (text.count("\n") + 1) + 0.2
+    what = "Teacher 2D features beside the camera image"
+    title_h = title_height(caption.title(what, width)) + 0.05
     row_h = PANEL_TITLE + ph
     height = title_h + len(rows) * row_h + 0.15
     fig = plt.figure(figsize=(width, height))
-    fig.suptitle(text, fontsize=9, y=1 - 0.08 / height, va="top")
-    fig._occfeat_caption = ("Teacher 2D features beside the camera image", caption.stamp)
+    stamp(fig, caption, what)
     for r, row in enumerate(rows):
         bottom = height - title_h - (r + 1) * row_h
         axes = [fig.add_axes(((left + c * (pw + gap)) / width, bottom / height, pw / width, ph / height)) for c in range(3)]
@@ -244,8 +253,7 @@ def occupancy_figure(height: np.ndarray, points: np.ndarray, grid: BevGrid, name
     """The occupancy target from above, ``height`` (X, Y) the height (m) of each column's highest occupied
     voxel (NaN: empty), beside the ego-frame LiDAR ``points`` (N, 3) it was voxelized from, both coloured by
     height on one scale; at most :data:`LIDAR_POINTS` points are drawn."""
-    (_, _), (_, _), (z0, z1) = grid.bounds
-    norm = Normalize(z0, z1)
+    norm = Normalize(*HEIGHT_RANGE)
     cmap = plt.get_cmap(HEIGHT_CMAP).with_extremes(bad=EMPTY_RGB)
     fig, axes, cax = bev_figure(caption, "Occupancy target beside the LiDAR points it was voxelized from (ego frame)", 2, colorbar=True)
     im = draw_bev_image(axes[0], np.ma.masked_invalid(height), grid, cmap=cmap, norm=norm)
@@ -259,7 +267,7 @@ def occupancy_figure(height: np.ndarray, points: np.ndarray, grid: BevGrid, name
     axes[1].scatter(xy[:, 0], xy[:, 1], c=p[order, 2], cmap=cmap, norm=norm, s=size, linewidths=0, rasterized=True)
     shown = f"{len(keep)} of {len(points)}" if len(keep) < len(points) else f"{len(points)}"
     bev_axes(axes[1], grid, f"LiDAR: {shown} points, {sweeps} sweep{'s' if sweeps != 1 else ''}", ylabel=False)
-    cbar = fig.colorbar(im, cax=cax)
+    cbar = fig.colorbar(im, cax=cax, extend="both")
     cbar.set_label("height z (m): top occupied voxel / point", fontsize=8)
     cbar.ax.tick_params(labelsize=7)
     return fig
@@ -280,12 +288,11 @@ def read_metrics(path: Path) -> list[dict]:
 
 def loss_curves(rows: list[dict]) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(x-axis name, {term: (x, values)}) from metrics rows: every ``loss*`` key, against ``epoch`` when the
-    rows have it, else ``step``. A step logged twice (a resumed run) keeps its last row."""
+    rows have it, else ``step``. A step logged twice (a resumed run) keeps its last row; no rows: no curves
+    (a run that has not logged yet)."""
     by_step = {r["step"]: r for r in rows if "step" in r}
     ordered = [by_step[s] for s in sorted(by_step)]
-    if not ordered:
-        raise OccfeatError("metrics.jsonl holds no rows with a step; it is not a training run's log")
-    x_name = "epoch" if all("epoch" in r for r in ordered) else "step"
+    x_name = "epoch" if ordered and all("epoch" in r for r in ordered) else "step"
     terms = sorted({k for r in ordered for k in r if k.startswith("loss")}, key=lambda k: (k != "loss", k))  # the total first
     curves = {}
     for k in terms:

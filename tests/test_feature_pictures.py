@@ -111,7 +111,7 @@ def test_loss_curves_keep_the_last_row_of_a_step_and_put_the_total_first():
     assert x_name == "epoch" and list(curves) == ["loss", "loss_features", "loss_occupancy"]
     assert curves["loss"][1].tolist() == [2.0, 1.0] and curves["loss"][0].tolist() == [0.5, 1.0]  # NaN dropped
     assert curves["loss_occupancy"][1].tolist() == [1.0, 0.5, 0.25] and curves["loss_features"][0].tolist() == [1.0]
-    assert loss_curves([{"step": 1, "loss": 1.0}])[0] == "step"
+    assert loss_curves([{"step": 1, "loss": 1.0}])[0] == "step" and loss_curves([]) == ("step", {})
     assert running_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist() == [1.0, 2.0, 4.0, 6.0]
     assert wants_log(np.array([5.0, 0.1])) and not wants_log(np.array([5.0, 1.0])) and not wants_log(np.array([-0.6, 0.1]))
     import matplotlib.pyplot as plt
