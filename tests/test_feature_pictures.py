@@ -51,9 +51,14 @@ def _png(path: Path) -> tuple[np.ndarray, dict]:
 
 
 def test_an_occfeat_run_gets_every_picture_stamped_with_its_provenance(occfeat_run, tmp_path):
-    from occfeat.feature_pictures import write_pretraining_pictures
+    from typer.testing import CliRunner
 
-    paths = write_pretraining_pictures(occfeat_run, tmp_path / "pics", other=-1)
+    from occfeat.cli.main import app
+
+    # `occfeat inspect` is write_pretraining_pictures behind a CLI: the same files the report gets
+    res = CliRunner().invoke(app, ["inspect", str(occfeat_run), "--out", str(tmp_path / "pics"), "--other", "2"])
+    assert res.exit_code == 0, res.output
+    paths = [Path(line) for line in res.output.splitlines() if line.endswith(".png")]
     assert {p.name for p in paths} == FEATURE_PICTURES | {"occupancy.png", "loss.png"}
     assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == sorted(p.name for p in paths)
     for path in paths:
@@ -75,6 +80,8 @@ def test_an_occupancy_only_run_gets_the_occupancy_and_loss_pictures_only(tmp_pat
     for path in paths:
         _, text = _png(path)
         assert "teacher" not in text["Description"] and "§ synthetic data" in text["Description"]  # it never read one
+    (run / "metrics.jsonl").write_text("")  # a run that has not logged a step yet: no loss picture, the rest still drawn
+    assert [p.name for p in write_pretraining_pictures(run, tmp_path / "again")] == ["occupancy.png"]
 
 
 def test_a_point_ahead_is_drawn_above_the_ego_and_a_point_to_the_left_left_of_it():
