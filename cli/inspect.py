@@ -16,7 +16,7 @@ def inspect(
     out: Path = typer.Option(..., help="Folder to write features_bev.png, features_3d.png, correlation.png, teacher.png, occupancy.png and loss.png to."),
     sample: int = typer.Option(0, help="Index in the split of the sample whose PCA colours every picture."),
     other: int = typer.Option(-1, help="Index of the second sample coloured with the first one's PCA (-1: the split's last)."),
-    column: str = typer.Option(None, help="BEV column X,Y (cells) whose top occupied voxel the correlation map is against (default: the occupied one nearest the centre)."),
+    column: str = typer.Option(None, help="BEV column X,Y (cells) whose top occupied voxel the correlation map is against (default: the one nearest the ego whose top voxel stands above the ground and that a camera sees)."),
     camera: int = typer.Option(None, help="Camera index of the teacher picture (default: the camera that sees the chosen voxel)."),
     split: str = typer.Option(None, help="Split to take samples from (default: the run's)."),
     dataroot: Path = typer.Option(None, help="Dataroot, if it moved since pretraining (default: the one the run recorded)."),

@@ -158,6 +158,7 @@ def check_index(task: PretrainTask, index: int) -> None:
 
 
 def sample_name(index: int, token: str) -> str:
+    """How titles name a sample: its index in the split and its token's head, e.g. "sample 0 (d5e135f6)"."""
     return f"sample {index} ({token[:8]})"
 
 
@@ -183,7 +184,7 @@ def write_pretraining_pictures(run_dir: str | Path, out_dir: str | Path, *, samp
     - ``occupancy.png``: sample ``sample``'s occupancy target beside its LiDAR points (runs with an occupancy cache);
     - with the features (or balanced) objective: ``features_bev.png`` (Fig. 5 from above, ``sample`` and ``other`` through
       one PCA basis), ``features_3d.png``, ``correlation.png`` (Fig. 6, against the top voxel of BEV
-      ``column`` (x, y cells); default: the occupied one nearest the centre that a camera sees) and
+      ``column`` (x, y cells); default: :func:`default_column`, an object a camera sees nearest the ego) and
       ``teacher.png`` (camera image | teacher PCA | teacher correlation at the patch that voxel projects to,
       for ``camera``; default: the camera that sees it).
 

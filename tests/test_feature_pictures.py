@@ -142,3 +142,29 @@ def test_the_stamp_names_what_the_weights_and_data_were():
     assert pretrain_provenance(occ_only, synthetic=False).teacher_random_init is None
     title = Caption("run-a", "Occ+Feat (4 ep, λ=0.01)", tuple(marks)).title("What", 8.0)
     assert title.startswith("What\nrun-a: Occ+Feat (4 ep, λ=0.01) — § ") and STANDIN_LEGEND.replace(" ", "") in title.replace("\n", "").replace(" ", "")
+
+
+def _sample_with_one_camera_ahead(heights: np.ndarray):
+    """A 5 x 5-cell SampleFeatures (1 m cells around the ego) whose columns have the top heights ``heights``
+    (NaN: empty) and one forward-looking camera 1 m up (f = 100 px, 200 x 400 image)."""
+    from occfeat.feature_pictures import SampleFeatures
+
+    c = np.arange(5) - 2.0
+    has = np.isfinite(heights)
+    top_xyz = np.stack(np.broadcast_arrays(c[:, None], c[None, :], np.nan_to_num(heights)), axis=-1)
+    cam_T_ego = np.array([[0, -1, 0, 0], [0, 0, -1, 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)  # x fwd → depth, z up → -v
+    K = np.array([[100.0, 0, 100], [0, 100, 200], [0, 0, 1]])
+    return SampleFeatures("tok", np.zeros((has.sum(), 2)), np.zeros((5, 5, 2)), has, np.zeros((1, 2, 2, 2)), (400, 200), top_xyz,
+                          K[None], cam_T_ego[None], np.zeros((has.sum(), 3), int))
+
+
+def test_the_default_column_is_an_object_a_camera_sees_nearest_the_ego():
+    from occfeat.feature_pictures import default_column, seen_from
+
+    heights = np.full((5, 5), -0.1)  # the road everywhere
+    heights[0, 2] = heights[4, 2] = 1.1  # a car 2 m behind (no camera looks back) and one 2 m ahead
+    s = _sample_with_one_camera_ahead(heights)
+    assert seen_from(s, (0, 2)) is None and seen_from(s, (4, 2))[0] == 0
+    assert default_column(s) == (4, 2)  # not the road next to the ego, not the car nobody sees
+    heights[4, 2] = -0.1
+    assert default_column(_sample_with_one_camera_ahead(heights)) == (3, 2)  # no object seen: the nearest seen column
