@@ -93,25 +93,29 @@ def load_run(run_dir: str | Path) -> dict:
     }
 
 
-def finished_runs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
-    """(finished finetune runs, "PATH: why" for each folder skipped). A shell glob such as ``runs/*`` also
-    names folders that are no finetune run: the shared ``gt-cache/``, pretraining runs, unfinished
-    runs; they are skipped with a reason rather than failing the report. A damaged metrics.json is still an
-    error (:func:`load_run`), and so is a list with no finished run at all."""
+def finished_runs(paths: list[str | Path]) -> tuple[list[Path], list[Path], list[str]]:
+    """(finished finetune runs, pretraining runs, "PATH: why" for each folder skipped). A shell glob such
+    as ``runs/*`` also names folders that are no finetune run: pretraining runs (the report draws their
+    pictures), the shared ``gt-cache/``, unfinished runs; the others are skipped with a reason rather than
+    failing the report. A damaged metrics.json is still an error (:func:`load_run`), and so is a list
+    with neither a finished finetune run nor a pretraining run."""
     if not paths:
         raise OccfeatError("no run dirs given; pass one or more finetune run dirs")
-    runs, skipped = [], []
+    runs, pretrainings, skipped = [], [], []
     for p in map(Path, paths):
         if p.is_dir() and not (p / METRICS_FILE).is_file():
-            why = ("a pretraining run" if (p / "provenance.json").is_file() else "the shared ground-truth cache" if p.name == "gt-cache"
-                   else "no metrics.json (not a finished finetune run)")
+            if (p / "provenance.json").is_file() and (p / "checkpoints" / "last.pt").is_file():
+                pretrainings.append(p)
+                continue
+            why = ("a pretraining run without checkpoints/last.pt" if (p / "provenance.json").is_file()
+                   else "the shared ground-truth cache" if p.name == "gt-cache" else "no metrics.json (not a finished finetune run)")
             skipped.append(f"{p}: {why}")
         else:
             runs.append(p)
-    if not runs:
+    if not runs and not pretrainings:
         FinetuneMetrics.read(paths[0])  # the one-line error naming the first folder and what to do
         raise OccfeatError(f"none of the {len(paths)} folders is a finished finetune run; pass finetune run dirs (occfeat finetune --out)")
-    return runs, skipped
+    return runs, pretrainings, skipped
 
 
 def collect(run_dirs: list[str | Path]) -> pd.DataFrame:
@@ -199,37 +203,66 @@ def run_grid(run_dir: str | Path) -> BevGrid | None:
         return None
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path, plots: bool = True) -> dict:
+def write_report(run_dirs: list[str | Path], out: str | Path, plots: bool = True, progress: bool = False) -> dict:
     """Write ``table.md``, ``table.csv`` (same cells), ``summary.csv`` (numbers), ``runs.csv`` and
-    the PNG plots into ``out``. Returns {"runs", "summary", "table", "legend", "files", "skipped"}
-    (folders among ``run_dirs`` that are no finished finetune run, see :func:`finished_runs`)."""
-    run_dirs, skipped = finished_runs(run_dirs)
+    the PNG plots into ``out``, plus the pictures of each pretraining run among ``run_dirs`` into
+    ``out/pretrain-<run>/`` (:func:`occfeat.feature_pictures.write_pretraining_pictures`; with ``plots``).
+    Returns {"runs", "summary", "table", "legend", "files", "skipped", "robustness", "pictures"}; "table"
+    is None when only pretraining runs were given, "skipped" lists the folders that are neither (see
+    :func:`finished_runs`) and pretraining runs whose pictures could not be drawn, with why."""
+    run_dirs, pretrainings, skipped = finished_runs(run_dirs)
+    out = Path(out)
+    res = {"runs": None, "summary": None, "table": None, "legend": [], "files": [], "skipped": skipped,
+           "robustness": None, "pictures": {}}
+    with writing(then="rerun occfeat report"):  # a read-only or full --out: one line naming the file
+        out.mkdir(parents=True, exist_ok=True)
+        if run_dirs:
+            res.update(write_tables(run_dirs, out, plots))
+        for run in pretrainings:
+            if not plots:
+                skipped.append(f"{run}: a pretraining run (its pictures are plots: drop --no-plots)")
+                continue
+            res["pictures"][str(run)] = write_run_pictures(run, out / f"pretrain-{run.name}", skipped, progress)
+            res["files"] += res["pictures"][str(run)]
+    return res
+
+
+def write_run_pictures(run: Path, out: Path, skipped: list[str], progress: bool = False) -> list[Path]:
+    """The pictures of one pretraining run (loss curves, occupancy beside LiDAR, the Fig. 5-6 feature
+    pictures); a run whose data moved or was deleted adds a "skipped" line instead of failing the report."""
+    from occfeat.feature_pictures import write_pretraining_pictures
+
+    try:
+        return write_pretraining_pictures(run, out, progress=progress)
+    except OccfeatError as e:
+        skipped.append(f"{run}: pictures not drawn: {e}")
+        return []
+
+
+def write_tables(run_dirs: list[Path], out: Path, plots: bool) -> dict:
+    """The finetune runs' tables and plots in ``out`` (:func:`write_report`'s keys but "skipped")."""
     runs = collect(run_dirs)
     summary = summarize(runs)
     table = wide_table(summary)
     notes = legend(summary)
-    out = Path(out)
     files = [out / "table.md", out / "table.csv", out / "summary.csv", out / "runs.csv"]
-    with writing(then="rerun occfeat report"):  # a read-only or full --out: one line naming the file
-        out.mkdir(parents=True, exist_ok=True)
-        files[0].write_text(to_markdown(table, notes))
-        table.to_csv(files[1])
-        summary.to_csv(files[2], index=False)
-        runs.to_csv(files[3], index=False)
-        if plots:
-            from occfeat.plots import plot_iou_vs_fraction, plot_samples
+    files[0].write_text(to_markdown(table, notes))
+    table.to_csv(files[1])
+    summary.to_csv(files[2], index=False)
+    runs.to_csv(files[3], index=False)
+    if plots:
+        from occfeat.plots import plot_iou_vs_fraction, plot_samples
 
-            files.append(plot_iou_vs_fraction(summary, out / "iou_vs_fraction.png"))
-            for r in runs.itertuples(index=False):
-                npz = Path(r.run) / "samples.npz"
-                if npz.is_file():
-                    # Every figure says what it stands on: the run, its pretraining and the marks of its weights/data.
-                    marks = [f"{mark} {text}" for flag, mark, text in MARKS if getattr(r, flag)]
-                    title = "\n".join([f"{Path(r.run).name}: BEV pretraining {r.pretraining}{r.marks}, {r.labelled} labelled", *marks])
-                    files.append(plot_samples(npz, out / f"samples-{Path(r.run).name}.png", title, run_grid(r.run)))
-        robust = write_robustness(runs, notes, out, plots)
-        files += robust["files"]
-    return {"runs": runs, "summary": summary, "table": table, "legend": notes, "files": files, "skipped": skipped,
+        files.append(plot_iou_vs_fraction(summary, out / "iou_vs_fraction.png"))
+        for r in runs.itertuples(index=False):
+            npz = Path(r.run) / "samples.npz"
+            if npz.is_file():
+                # Every figure says what it stands on: the run, its pretraining and the marks of its weights/data.
+                marks = [f"{mark} {text}" for flag, mark, text in MARKS if getattr(r, flag)]
+                title = "\n".join([f"{Path(r.run).name}: BEV pretraining {r.pretraining}{r.marks}, {r.labelled} labelled", *marks])
+                files.append(plot_samples(npz, out / f"samples-{Path(r.run).name}.png", title, run_grid(r.run)))
+    robust = write_robustness(runs, notes, out, plots)
+    return {"runs": runs, "summary": summary, "table": table, "legend": notes, "files": files + robust["files"],
             "robustness": robust["table"]}
 
 

@@ -126,3 +126,40 @@ def test_cli_prints_the_table_and_fails_in_one_line(tmp_path):
     assert "13.7" in res.output and (tmp_path / "r" / "table.md").is_file()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "error:" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def _pretraining_dir(tmp_path, name):
+    d = tmp_path / name
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "checkpoints" / "last.pt").write_bytes(b"")
+    (d / "provenance.json").write_text("{}")
+    return d
+
+
+def test_pretraining_runs_get_their_pictures_and_a_broken_one_a_skip_line(tmp_path, monkeypatch):
+    calls = []
+
+    def pictures(run, out, progress=False):
+        calls.append((run.name, out))
+        if run.name == "moved":
+            raise OccfeatError(f"{run} recorded a dataroot that does not exist; pass --dataroot")
+        out.mkdir(parents=True)
+        (out / "loss.png").write_bytes(b"png")
+        return [out / "loss.png"]
+
+    monkeypatch.setattr("occfeat.feature_pictures.write_pretraining_pictures", pictures)
+    good, moved = _pretraining_dir(tmp_path, "occfeat-p0"), _pretraining_dir(tmp_path, "moved")
+    ft = _run(tmp_path, "none-v1", 0.137)
+    res = write_report([ft, good, moved], tmp_path / "r")
+    assert calls == [("occfeat-p0", tmp_path / "r" / "pretrain-occfeat-p0"), ("moved", tmp_path / "r" / "pretrain-moved")]
+    assert res["pictures"] == {str(good): [tmp_path / "r" / "pretrain-occfeat-p0" / "loss.png"], str(moved): []}
+    assert res["skipped"] == [f"{moved}: pictures not drawn: {moved} recorded a dataroot that does not exist; pass --dataroot"]
+    assert res["table"] is not None and (tmp_path / "r" / "table.md").is_file()
+
+    # only pretraining runs: pictures, no table; --no-plots draws none and says why
+    res = CliRunner().invoke(__import__("occfeat.cli.main").cli.main.app, ["report", str(good), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    assert f"pictures of {good}: {tmp_path / 'p' / 'pretrain-occfeat-p0'}/ (loss.png)" in res.output
+    assert not (tmp_path / "p" / "table.md").exists()
+    res = write_report([good], tmp_path / "q", plots=False)
+    assert res["skipped"] == [f"{good}: a pretraining run (its pictures are plots: drop --no-plots)"] and not res["files"]
