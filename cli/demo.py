@@ -1,4 +1,4 @@
-"""``occfeat demo`` and ``occfeat study``: the whole pipeline on a synthetic world, one command."""
+"""``occfeat demo`` and ``occfeat study``: the whole pipeline, one command (a synthetic world, or a study's dataroot)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,10 @@ def study(
     out: Path = typer.Option(..., "--out", help="Folder for every artefact."),
     progress: bool = typer.Option(True, help="Show each stage's progress (bars on a terminal, periodic lines in a log file)."),
 ) -> None:
-    """Run (or resume) a study recipe: pretrainings × tasks × label fractions × seeds, then the report.
-    Extra key=value arguments override the recipe (e.g. seeds=[0,1,2])."""
+    """Run (or resume) a study recipe: pretrainings × tasks × label fractions × seeds (and nuScenes-C
+    corruptions, when listed), then the report. Extra key=value arguments override the recipe (e.g.
+    seeds=[0,1,2]); on nuScenes: occfeat study nuscenes-table1 --out runs/table1 dataroot=/data/nuscenes
+    (the dataroot is only read; docs/studies.md)."""
     from occfeat.pipeline import load_study
 
     _run(load_study(recipe, ctx.args), out, progress)

@@ -1,23 +1,27 @@
-"""A whole OccFeat experiment on a synthetic world, end to end, as one resumable run:
+"""A whole OccFeat experiment, end to end, as one resumable run:
 
     synth → voxelize → extract → pretrain (one run per pretraining) → finetune (task × fraction ×
-    pretraining × seed) → report
+    pretraining × seed) → robustness (nuScenes-C corruptions, when the study lists them) → report
 
-``occfeat demo`` is this pipeline with the tiny preset (recipes/studies/demo.yaml); the synthetic
-pretraining study is the same pipeline with recipes/studies/synthetic.yaml. Every stage is the
+The world is synthesised into ``OUT/dataroot`` unless the study names a ``dataroot`` (nuScenes, or any
+nuScenes-format folder), which it only reads: then the synth stage is skipped and everything else is the
+same code path. ``occfeat demo`` is this pipeline with the tiny preset (recipes/studies/demo.yaml); the synthetic
+pretraining study is the same pipeline with recipes/studies/synthetic.yaml, Table 1 on nuScenes
+recipes/studies/nuscenes-table1.yaml (docs/studies.md). Every stage is the
 library call its own CLI command makes, so each shows its own progress, and every stage is
 idempotent: rerunning the same command skips what is finished and resumes what was interrupted.
 
 Output layout (``--out DIR``)::
 
-    dataroot/                  the synthetic nuScenes-format world
+    dataroot/                  the synthetic nuScenes-format world (absent when the study names a dataroot)
     grid.json                  the grid every cache and run uses (the recipes' one grid)
-    caches/occupancy.h5        voxelize
+    caches/occupancy.h5        voxelize (caches/ is the study's ``caches`` folder when it names one)
     caches/features.h5         extract (the semantic stand-in teacher unless another is configured: stamped)
     pretrain/<name>[-p<seed>]/  one pretraining run per pretrain recipe (named after the recipe file; -p<seed> per pretrain_seeds)
     finetune/<task>-<name>-f<fraction>-s<seed>/   finetune runs (metrics.json each; <name>+<entry>[-t100] distilled,
                                lidar-teacher the LiDAR teachers of distillations)
     finetune/gt-cache/         ground truth, shared by the finetune runs
+    finetune/<run>/metrics-<val split>-<corruption>-s<severity>.json   the robustness stage's evaluations
     report/                    table.md, table.csv, plots
     pipeline.json              the resolved study config and the seconds each stage took
 """
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from occfeat.config import find_recipe, load_config, merge, recipe_stem, to_dict
-from occfeat.data.index import SYNTH_MARKER
+from occfeat.data.index import SYNTH_MARKER, VERSIONS
 from occfeat.data.synth import SynthConfig
 from occfeat.errors import OccfeatError
 from occfeat.train.labels import fraction_defaults
@@ -41,6 +45,10 @@ from occfeat.train.labels import fraction_defaults
 SMALL_SUBSET = 16
 # The pretraining that is none: the backbone from ImageNet (or random-init) weights only, the paper's "None" row.
 NONE = "none"
+# A recipe's ``dataroot`` that the user must set on the command line (dataroot=PATH): the nuScenes recipes ship it.
+DATAROOT_UNSET = "<PATH>"
+# ``corruptions: [all]``: every nuScenes-C corruption of occfeat.data.corruptions.
+ALL_CORRUPTIONS = "all"
 
 
 @dataclass
@@ -49,11 +57,24 @@ class StudyConfig:
 
     recipe_kind = "studies"  # not a field: the folder of shipped recipes a bare name is looked up in (config.find_recipe)
     synth: SynthConfig = field(default_factory=lambda: SynthConfig(scenes=6, samples_per_scene=10, image_size=(480, 270)))
-    """The synthetic world (scenes are split ~80/20 into synth_train / synth_val)."""
+    """The synthetic world (scenes are split ~80/20 into synth_train / synth_val); unused, and must stay
+    unset, when ``dataroot`` is given."""
+    dataroot: str | None = None
+    """A nuScenes-format dataroot to run on (for nuScenes: the folder that holds v1.0-trainval/). None:
+    synthesise the world ``synth`` describes into OUT/dataroot. The study only reads it (caches, runs and
+    report go under OUT, or ``caches``); rows are stamped synthetic (§) only when it was written by occfeat
+    synth (it holds its marker). The shipped nuScenes recipes write ``<PATH>``: set dataroot=PATH."""
+    version: str | None = None
+    """The devkit version under ``dataroot`` (v1.0-trainval, v1.0-mini), needed with a dataroot. With a
+    synthesised world it is ``synth.version`` (set that instead; None or the same value)."""
+    caches: str | None = None
+    """Folder of the voxelize/extract caches (occupancy.h5, features.h5, features-random-teacher.h5). None:
+    OUT/caches. On nuScenes keep them beside the data and share them between studies of the same dataroot,
+    split and teacher: each cache records its grid and teacher spec and refuses a study with others."""
     train_split: str = "synth_train"
-    """Split for pretraining and the labelled finetuning pool."""
+    """Split for pretraining and the labelled finetuning pool (nuScenes: train)."""
     val_split: str = "synth_val"
-    """Split every finetune run is evaluated on."""
+    """Split every finetune run is evaluated on (nuScenes: val)."""
     teacher: str = "semantic-standin"
     """The teacher whose features are distilled. Default: the semantic stand-in teacher (patch features
     from the synthetic world's per-pixel labels, ``occfeat/data/standin.py``; no weights can be downloaded
@@ -114,6 +135,18 @@ class StudyConfig:
     """The paper's finetuning epochs per label fraction (100 / 50 / 30 at 1 / 10 / 100 %,
     ``occfeat.train.labels.FRACTION_DEFAULTS``) times this factor, the same for every fraction: budgets
     follow the paper, so 100 % trains on more data and for more steps than 1 %. 0: the recipe's epochs."""
+    corruptions: tuple[str, ...] = ()
+    """nuScenes-C corruptions (``occfeat.data.corruptions``: brightness, low_light, fog, snow, motion_blur,
+    color_quant, camera_crash, frame_lost; or [all]) under which the robustness stage re-evaluates every
+    finished camera finetune run of ``corruption_tasks`` × ``corruption_fractions`` (the paper's Fig. 4),
+    through ``occfeat evaluate --corruption``'s library call; each writes the run's
+    metrics-<val_split>-<name>-s<severity>.json and is skipped when that file exists. Empty: no robustness stage."""
+    corruption_severities: tuple[int, ...] = (1, 2, 3)
+    """Severities of every corruption: RoboBEV's easy / mid / hard (Fig. 4 averages the three)."""
+    corruption_fractions: tuple[float, ...] = (1.0,)
+    """Label fractions whose finetune runs are evaluated under the corruptions (each one of ``fractions``)."""
+    corruption_tasks: tuple[str, ...] = ("vehicle",)
+    """Tasks whose finetune runs are evaluated under the corruptions (each one of ``tasks``)."""
 
 
 CONTROL_TEACHER = "vit_small_patch14_dinov2.lvd142m"  # the architecture of the random-teacher control
@@ -153,6 +186,68 @@ def _ensure_dataroot(cfg: StudyConfig, root: Path, console, progress: bool = Tru
     if root.exists() and any(root.iterdir()):
         raise OccfeatError(f"{root} exists and is not an occfeat synthetic world; use another --out")
     write_dataroot(root, cfg.synth, overwrite=root.exists(), progress=progress)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or lies under it (both resolved: symlinks and .. cannot hide it)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def study_data(cfg: StudyConfig, out: Path) -> tuple[Path, str, bool]:
+    """(dataroot, version, synthesise it?) of the study, checked before anything is written: a given
+    dataroot must exist and hold its version folder, synth settings must not sit beside it (they would
+    be silently ignored), and neither OUT nor the caches may lie inside it (the study only reads it)."""
+    if cfg.dataroot is None:
+        if cfg.version not in (None, cfg.synth.version):
+            raise OccfeatError(f"version={cfg.version}, but the study synthesises its world with synth.version={cfg.synth.version}; "
+                               "set synth.version instead, or dataroot=PATH to run on an existing dataroot")
+        return out / "dataroot", cfg.synth.version, True
+    if cfg.dataroot == DATAROOT_UNSET:
+        raise OccfeatError(f"this study runs on a dataroot it does not name; set dataroot=PATH (the folder that holds "
+                           f"{cfg.version or 'v1.0-trainval'}/)")
+    root = Path(cfg.dataroot).expanduser()
+    if cfg.synth != StudyConfig().synth:
+        raise OccfeatError(f"the study sets synth (a world to synthesise) and dataroot={cfg.dataroot} (an existing one); "
+                           "drop the synth settings (a study recipe without them), or dataroot to synthesise")
+    if not root.is_dir():
+        raise OccfeatError(f"dataroot {root} does not exist; set dataroot=PATH, the folder that holds {cfg.version or 'v1.0-trainval'}/")
+    held = [v for v in VERSIONS if (root / v).is_dir()]
+    if cfg.version is None or not (root / cfg.version).is_dir():
+        have = f"it holds {', '.join(held)}" if held else "it holds no nuScenes version folder"
+        what = "needs version=" if cfg.version is None else f"has no {cfg.version}/ folder"
+        raise OccfeatError(f"dataroot {root} {what} ({have}); set version= to the folder with the devkit tables")
+    for name, path in (("--out", out), ("caches", Path(cfg.caches).expanduser() if cfg.caches else None)):
+        if path is not None and _inside(path, root):
+            raise OccfeatError(f"{name} {path} lies inside dataroot {root}, which a study only reads; put it beside the data")
+    return root, cfg.version, False
+
+
+def check_teacher(cfg: StudyConfig, root: Path, synthesised: bool) -> None:
+    """The semantic stand-in teacher reads the synthetic world's label images: refuse it up front on a
+    dataroot without them (nuScenes), not hours later at the extract stage after voxelize."""
+    from occfeat.data.standin import STANDIN_TEACHER
+    from occfeat.data.synth.semantics import SEMANTICS_DIR
+
+    if cfg.teacher == STANDIN_TEACHER and not cfg.random_teacher and not synthesised and not (root / SEMANTICS_DIR).is_dir():
+        raise OccfeatError(f"teacher={STANDIN_TEACHER} needs the label images of an occfeat synth world, which dataroot {root} lacks; "
+                           "set teacher=vit_small_patch14_dinov2.lvd142m (with teacher_weights=FILE or a filled HF cache)")
+
+
+def corruption_grid(cfg: StudyConfig) -> list:
+    """The robustness stage's evaluations as Corruption(name, severity) pairs: ``corruptions`` ("all":
+    every nuScenes-C corruption) × ``corruption_severities``, checked before anything runs."""
+    from occfeat.data.corruptions import CORRUPTIONS, Corruption
+
+    if not cfg.corruptions:
+        return []
+    if ALL_CORRUPTIONS in cfg.corruptions and len(cfg.corruptions) > 1:
+        raise OccfeatError(f"corruptions {list(cfg.corruptions)}: '{ALL_CORRUPTIONS}' stands alone; list names or [all]")
+    stray = [f for f in cfg.corruption_fractions if f not in cfg.fractions] + [t for t in cfg.corruption_tasks if t not in cfg.tasks]
+    if stray or not cfg.corruption_severities:
+        raise OccfeatError(f"corruption_fractions/corruption_tasks {stray}: each must also be in fractions {list(cfg.fractions)} / "
+                           f"tasks {list(cfg.tasks)}" if stray else "corruptions are listed but corruption_severities is empty; list 1, 2 and/or 3")
+    names = list(CORRUPTIONS) if cfg.corruptions == (ALL_CORRUPTIONS,) else list(cfg.corruptions)
+    return [Corruption(name, severity) for name in names for severity in cfg.corruption_severities]
 
 
 def _finetune_schedule(n_train: int, fraction: float, batch: int, accum: int, epoch_scale: float) -> dict:
@@ -230,6 +325,30 @@ def load_pretrainings(cfg: StudyConfig, finetune_grid):
     return configs
 
 
+def same_study(saved: dict, cfg: StudyConfig) -> bool:
+    """Whether pipeline.json's saved config is ``cfg``: re-resolved through today's StudyConfig first, so
+    a field added since the study began (at its default) does not refuse its resume."""
+    from occfeat.config import resolve_saved
+
+    try:
+        return resolve_saved(StudyConfig, saved, "pipeline.json") == cfg
+    except OccfeatError:  # a field that no longer exists: another config
+        return False
+
+
+def _evaluate_corrupted(run: Path, corruption, split: str, root: Path, console, timed, progress: bool) -> None:
+    """One finished finetune run re-evaluated under one corruption (``occfeat evaluate --corruption``'s
+    library call), unless its metrics file is there already."""
+    from occfeat.train.finetune import run_evaluate
+
+    if (run / f"metrics-{split}-{corruption.label}.json").is_file():
+        console.print(f"{run.name} under {corruption.label}: finished, skipped")
+        return
+    metrics = timed(f"robustness/{run.name}/{corruption.label}",
+                    lambda: run_evaluate(run, split=split, dataroot=root, progress=progress, corruption=corruption))
+    console.print(f"{run.name} under {corruption.label}: mean IoU {100 * metrics.mean_iou:.1f}")
+
+
 def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = True) -> dict:
     """Run (or resume) the whole study into ``out``; returns the report dict of occfeat.report."""
     from rich.console import Console
@@ -245,6 +364,8 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
 
     console = console or Console(stderr=True)
     out = Path(out)
+    root, version, synthesise = study_data(cfg, out)
+    corruptions = corruption_grid(cfg)
     ft_recipe = recipe_path(cfg.finetune_recipe, "finetune")
     grid = resolve_config(ft_recipe, cfg.tasks[0] if cfg.tasks else "vehicle", 1.0, cfg.finetune_overrides).grid
     pretrainings = load_pretrainings(cfg, grid)
@@ -271,10 +392,12 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     with_extra = {pretraining_name(e) for e in (cfg.extra_head_pretrainings or cfg.pretrainings)}
     controls = {pretraining_name(entry) + CONTROL_SUFFIX for entry in cfg.random_teacher_controls}
     sources = {s for p in pretrainings.values() if p is not None for name in p.objectives for s in registry()[name].sources}
+    if "features" in sources:
+        check_teacher(cfg, root, synthesise)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "pipeline.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {}
-    if log.get("config") not in (None, to_dict(cfg)):
+    if log.get("config") is not None and not same_study(log["config"], cfg):
         raise OccfeatError(f"{out} holds a study run with another config; use another --out or delete it")
     log["config"] = to_dict(cfg)
     seconds: dict = log.setdefault("seconds", {})
@@ -286,24 +409,26 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
         log_path.write_text(json.dumps(log, indent=1))
         return result
 
-    root = out / "dataroot"
-    version = cfg.synth.version
-    _stage(console, "1/6 synth: a nuScenes-format world")
-    timed("synth", lambda: _ensure_dataroot(cfg, root, console, progress))
+    caches = Path(cfg.caches).expanduser() if cfg.caches else out / "caches"
+    _stage(console, "1/7 synth: a nuScenes-format world")
+    if synthesise:
+        timed("synth", lambda: _ensure_dataroot(cfg, root, console, progress))
+    else:
+        console.print(f"skipped: the study reads dataroot {root} ({version}), and writes nothing into it")
 
     (out / "grid.json").write_text(grid.to_json())
     index = SampleIndex(root, version, cfg.train_split, progress=progress)
 
-    _stage(console, "2/6 voxelize: LiDAR → occupancy")
-    occ = out / "caches" / "occupancy.h5" if "occupancy" in sources else None
+    _stage(console, "2/7 voxelize: LiDAR → occupancy")
+    occ = caches / "occupancy.h5" if "occupancy" in sources else None
     if occ is None:
         console.print("no pretraining reads LiDAR: skipped")
     else:
         timed("voxelize", lambda: build_occupancy(root, version, cfg.train_split, occ, grid, index=index, progress=progress))
 
     which = " (RANDOM-INIT teacher)" if cfg.random_teacher else " (semantic stand-in teacher, not DINOv2)" if cfg.teacher == "semantic-standin" else ""
-    _stage(console, "3/6 extract: teacher features" + which)
-    feats = out / "caches" / "features.h5" if "features" in sources else None
+    _stage(console, "3/7 extract: teacher features" + which)
+    feats = caches / "features.h5" if "features" in sources else None
     if feats is None:
         console.print("no pretraining reads teacher features: skipped")
     else:
@@ -312,13 +437,13 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
             random_teacher=cfg.random_teacher, input_size=cfg.teacher_input, batch_size=12, index=index, progress=progress))
     control_feats = None
     if cfg.random_teacher_controls:
-        control_feats = out / "caches" / "features-random-teacher.h5"
+        control_feats = caches / "features-random-teacher.h5"
         console.print(f"the random-teacher control's features (RANDOM-INIT {CONTROL_TEACHER}) → {control_feats}")
         timed("extract-random-teacher", lambda: extract_features(
             root, version, cfg.train_split, control_feats, teacher=CONTROL_TEACHER, random_teacher=True,
             input_size=cfg.teacher_input, batch_size=12, index=index, progress=progress))
 
-    _stage(console, "4/6 pretrain: BEV network + the objectives' heads")
+    _stage(console, "4/7 pretrain: BEV network + the objectives' heads")
     inits: dict[tuple[str, int | None], Path | None] = {}
     for name, pcfg in pretrainings.items():
         for pseed in cfg.pretrain_seeds or (None,):
@@ -334,14 +459,17 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
                                                            resume=_started(run), progress=progress))
             inits[name, pseed] = run
 
-    _stage(console, "5/6 finetune: BEV segmentation with few labels")
+    _stage(console, "5/7 finetune: BEV segmentation with few labels")
     n_train = len(index)
     runs = []
+    camera_runs: dict[Path, tuple[str, float]] = {}  # {run: (task, fraction)} of the camera networks (not the LiDAR teachers)
 
     def finetune(run: Path, recipe: Path, task: str, fraction: float, seed: int, init, overrides: list[str]) -> None:
         if run in runs:  # a 100 % teacher serves its own column and the privileged rows: one row, trained once
             return
         runs.append(run)
+        if recipe == ft_recipe:
+            camera_runs[run] = task, fraction
         if (run / "metrics.json").is_file():
             console.print(f"{run.name}: finished, skipped")
             return
@@ -378,7 +506,15 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
                             finetune(out / "finetune" / run_name(task, f"{name}+{entry}{tag}", fraction, seed), ft_recipe, task,
                                      fraction, seed, init, [*overrides, f"distill.teacher={teacher.resolve()}", *cfg.distill_overrides])
 
-    _stage(console, "6/6 report")
+    _stage(console, "6/7 robustness: nuScenes-C corruptions")
+    if not corruptions:
+        console.print("no corruptions in the study: skipped")
+    robust = [run for run, (task, fraction) in camera_runs.items() if task in cfg.corruption_tasks and fraction in cfg.corruption_fractions]
+    for run in robust:
+        for corruption in corruptions:
+            _evaluate_corrupted(run, corruption, cfg.val_split, root, console, timed, progress)
+
+    _stage(console, "7/7 report")
     report = timed("report", lambda: write_report(runs, out / "report"))
     log["seconds_total"] = round(sum(v for k, v in seconds.items()), 1)
     log_path.write_text(json.dumps(log, indent=1))
