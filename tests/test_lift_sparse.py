@@ -9,7 +9,7 @@ import torch
 from occfeat.geometry import crop_intrinsics, invert_rigid, make_transform, reference_frame, scale_intrinsics, yaw_matrix
 from occfeat.grid import BevGrid
 from occfeat.models import build_network
-from occfeat.models.lift import DenseVoxelLift, VoxelLift, fold_height, lift_taps
+from occfeat.models.lift import DenseVoxelLift, VoxelLift, lift_taps
 from tests.test_models import tiny_batch, tiny_cfg
 
 GRID = BevGrid(bounds=((-12.0, 12.0), (-12.0, 12.0), (-2.0, 4.0)), shape=(24, 20, 3))
@@ -101,13 +101,6 @@ def test_sparse_lift_under_bf16_autocast_keeps_float32_geometry():
         dense = DenseVoxelLift(GRID)(feats, K, T, IMAGE_HW)
     assert sparse.dtype == dense.dtype == torch.bfloat16
     torch.testing.assert_close(sparse.float(), dense.float(), rtol=1e-2, atol=1e-2)
-
-
-def test_fold_height_is_simple_bevs_flatten_in_channels_last_memory():
-    volume = VoxelLift(GRID)(torch.randn(2, 4, 5, *FEAT_HW), *random_rig(np.random.default_rng(5), B=2), IMAGE_HW)
-    folded = fold_height(volume)
-    assert torch.equal(folded, volume.flatten(1, 2))  # channel c·Z + z
-    assert folded.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_simplebev_with_sparse_lift_equals_dense_with_flips_and_reference_camera(test_grid):

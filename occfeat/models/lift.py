@@ -176,8 +176,7 @@ class VoxelLift(nn.Module):
 
     forward(feats (B, S, C, Hf, Wf), K (B, S, 3, 3) at the input image size, cam_T_ego (B, S, 4, 4),
     image_hw) → volume (B, C, Z, X, Y); voxels no camera sees are 0. The volume is a view of
-    (B, X, Y, Z, C) memory (C innermost), so folding Z into channels for a channels-last BEV conv
-    (:func:`fold_height`) is one cache-friendly copy.
+    (B, X, Y, Z, C) memory (C innermost, embedding_bag's output rows).
     """
 
     def __init__(self, grid: BevGrid):
@@ -194,13 +193,6 @@ class VoxelLift(nn.Module):
         taps = lift_taps(self.centers, K, cam_T_ego, image_hw, (Hf, Wf))
         volume = apply_taps(feats, taps).view(B, X, Y, Z, C).permute(0, 4, 3, 1, 2)
         return volume.to(feats.dtype)
-
-
-def fold_height(volume: torch.Tensor) -> torch.Tensor:
-    """(B, C, Z, X, Y) → (B, C·Z, X, Y) with channel c·Z + z (Simple-BEV's height folding), in
-    channels-last memory: the BEV compressor's 1024-channel 3x3 conv is faster so on CPU (oneDNN)."""
-    B, C, Z, X, Y = volume.shape
-    return volume.permute(0, 3, 4, 1, 2).reshape(B, X, Y, C * Z).permute(0, 3, 1, 2)
 
 
 class DenseVoxelLift(nn.Module):
