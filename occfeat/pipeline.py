@@ -22,7 +22,7 @@ Output layout (``--out DIR``)::
                                lidar-teacher the LiDAR teachers of distillations)
     finetune/gt-cache/         ground truth, shared by the finetune runs
     finetune/<run>/metrics-<val split>-<corruption>-s<severity>.json   the robustness stage's evaluations
-    report/                    table.md, table.csv, plots
+    report/                    table.md, table.csv, plots (robustness.* with corruptions), pretrain-<run>/ pictures
     pipeline.json              the resolved study config and the seconds each stage took
 """
 
@@ -515,7 +515,11 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
             _evaluate_corrupted(run, corruption, cfg.val_split, root, console, timed, progress)
 
     _stage(console, "7/7 report")
-    report = timed("report", lambda: write_report(runs, out / "report"))
+    # the pictures of each pretraining (loss curves, occupancy, Fig. 5-6 features) from its first seed's run:
+    # the other seeds' look alike, and each set costs a data load and a forward pass
+    first = (cfg.pretrain_seeds or (None,))[0]
+    pictured = [inits[name, first] for name in pretrainings if inits[name, first] is not None]
+    report = timed("report", lambda: write_report([*runs, *pictured], out / "report", progress=progress))
     log["seconds_total"] = round(sum(v for k, v in seconds.items()), 1)
     log_path.write_text(json.dumps(log, indent=1))
     return report

@@ -15,7 +15,10 @@ def test_demo_ci_preset_runs_every_stage_and_reruns_as_a_no_op(tmp_path):
     assert res.exit_code == 0, res.output[-3000:]
     cfg = load_study("studies/ci.yaml")
     for path in ["dataroot/occfeat_synth.json", "caches/occupancy.h5", "caches/features.h5",
-                 "pretrain/synthetic-tiny/checkpoints/last.pt", "report/table.md", "report/iou_vs_fraction.png", "pipeline.json"]:
+                 "pretrain/synthetic-tiny/checkpoints/last.pt", "report/table.md", "report/iou_vs_fraction.png", "pipeline.json",
+                 # every pretraining's pictures: Fig. 5-6 for the one that distils features, the loss curves for each
+                 "report/pretrain-synthetic-tiny/features_bev.png", "report/pretrain-synthetic-tiny/teacher.png",
+                 "report/pretrain-synthetic-img-also/loss.png", "report/pretrain-synthetic-tiny-random-teacher/correlation.png"]:
         assert (out / path).is_file(), path
     runs = sorted(p.name for p in (out / "finetune").iterdir() if (p / "metrics.json").is_file())
     rows = len(cfg.pretrainings) + len(cfg.random_teacher_controls)
