@@ -8,8 +8,9 @@ maps (NetworkConfig: C = 128 channels at stride 8 → 28x50), 6 cameras with the
 synthetic world (occfeat.data.synth.rig, intrinsics resized to 225x400 and one row cropped, ego frame).
 Times forward (with autograd recording, as in training) and forward+backward, median of ``--runs``, on
 the CPU and on CUDA when there is one (synchronised). Peak memory: on CUDA torch.cuda.max_memory_allocated
-over one forward+backward minus what was allocated before; on the CPU the peak RSS (getrusage maxrss) of
-a fresh child process per lift running one forward+backward, minus the child's RSS just before it (inputs
+over one forward+backward minus what was allocated before; on the CPU the peak RSS (VmHWM) of
+a fresh child process per lift (glibc's mmap threshold fixed at 64 KiB, so freed tensors leave RSS)
+running one forward+backward, minus the child's RSS just before it (inputs
 built, kernels warmed up on a tiny grid): the lift's own high-water mark, allocator slack included.
 
 The last line is the CPU speedup (dense / sparse, forward+backward) at the first batch size.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -99,7 +100,10 @@ def compare(batch: int, device: torch.device, runs: int) -> dict[str, dict[str, 
 def peak_cpu(name: str, batch: int) -> float:
     """GiB: the lift's peak RSS increment in a fresh child process (see the module docstring)."""
     cmd = [sys.executable, __file__, "--peak-of", name, "--batch-sizes", str(batch)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    # glibc keeps freed blocks below its (adaptive) mmap threshold mapped, so RSS would show its history,
+    # not the live tensors: a fixed 64 KiB threshold returns every freed tensor to the OS at once
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["gib"]
 
 
@@ -113,13 +117,14 @@ def peak_child(name: str, batch: int) -> None:
     lift = LIFTS[name](BevGrid())
     before = _rss_kib()
     run_once(lift, feats, K, T, upstream, backward=True)
-    print(json.dumps({"gib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20}))
+    print(json.dumps({"gib": (_rss_kib("VmHWM") - before) / 2**20}))
 
 
-def _rss_kib() -> int:
-    """Current resident set size (KiB), from /proc/self/status."""
+def _rss_kib(field: str = "VmRSS") -> int:
+    """This process's resident set size (VmRSS) or its peak (VmHWM), KiB, from /proc/self/status.
+    (Not getrusage's ru_maxrss: Linux carries the parent's peak across fork + exec into it.)"""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
 
 
 def peak_cuda(name: str, batch: int, device: torch.device) -> float:

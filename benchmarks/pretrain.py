@@ -2,7 +2,7 @@
 memory, measured in the same run.
 
     python benchmarks/pretrain.py [--samples 6] [--batch-size 2] [--steps 2] [--rounds 2] [--workers 2]
-                                  [--image-size 900x1600] [--device auto] [--amp auto]
+                                  [--image-size 900x1600] [--device auto] [--amp auto] [--compare-dense-lift]
 
 SimpleBEV EN-B0 + the unsplat head at the paper's settings (recipes/pretrain/simplebev-effb0.yaml:
 224x400 input with augmentation, 200x200x8 grid, N_B = 128, L = L_occ + 0.01 L_feat, Adam) with a
@@ -14,7 +14,11 @@ ViT-S/14 features at 224x406, built in a child process first (so the peak memory
 - with data: the task's DataLoader (JPEG decode + augmentation, HDF5 occupancy + features, collate,
   host→device copy; workers prefetch while the step computes, as in training) feeding the same step;
 
-alternating the two (after one warm-up step) and keeping each one's best round;
+alternating the two (after one warm-up step) and keeping each one's best round; with
+``--compare-dense-lift`` a third mode in the same rounds, the in-memory step with SimpleBEV's lift swapped
+for the dense grid_sample reference (occfeat.models.lift.DenseVoxelLift: the lift before issue 19), and
+each lift's peak memory in a fresh child process stepping the same batch (the CPU's peak RSS, or CUDA's
+max allocated);
 
 prints samples/s for both, the ratio, peak memory, and the time of 50 epochs on nuScenes trainval.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import multiprocessing as mp
+import os
 import resource
 import tempfile
 import time
@@ -95,6 +100,40 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process peak)"
 
 
+def lift_step_peak(root: Path, batch_file: Path, lift: str, args: argparse.Namespace, amp: bool, queue) -> None:
+    """In a child process: build the task, take 2 steps on the saved batch with the ``lift`` lift, put the
+    process's peak memory on ``queue`` (what one training process with that lift needs)."""
+    from occfeat.config import load_config
+    from occfeat.data.synth import SynthConfig
+    from occfeat.models.lift import DenseVoxelLift
+    from occfeat.train.dist import DistEnv, resolve_device
+    from occfeat.train.loop import to_device
+    from occfeat.train.pretrain import PretrainConfig, PretrainTask
+
+    torch.set_num_threads(args.threads)
+    dev = resolve_device(args.device, DistEnv())
+    overrides = {"network": {"random_init": True}, "train": {"batch_size": args.batch_size, "num_workers": 0}}
+    cfg = load_config(PretrainConfig, REPO / "recipes/pretrain/simplebev-effb0.yaml", overrides)
+    task = PretrainTask(cfg, root / "root", SynthConfig().version, root / "occ.h5", root / "feats.h5", split="all")
+    model = task.model.to(dev).train()
+    if lift == "dense":
+        model.network.lift = DenseVoxelLift(cfg.grid).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    batch = to_device(torch.load(batch_file, weights_only=False), dev)
+    for _ in range(2):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss, _ = task.loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if dev.type == "cuda":
+        queue.put(peak_memory(dev))
+    else:  # VmHWM, not ru_maxrss: Linux carries the parent's peak across fork + exec into ru_maxrss
+        with open("/proc/self/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+        queue.put(f"{hwm / 2**20:.2f} GiB RSS (process peak, VmHWM)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=6, help="key frames in the synthetic dataroot")
@@ -105,7 +144,10 @@ def main() -> None:
     ap.add_argument("--image-size", default="900x1600", help="stored JPEG HEIGHTxWIDTH (nuScenes: 900x1600)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA), bf16, off")
+    ap.add_argument("--compare-dense-lift", action="store_true",
+                    help="also step the in-memory batch with the dense reference lift (alternating), and each lift's peak memory")
     args = ap.parse_args()
+    args.threads = torch.get_num_threads()
 
     from occfeat.config import load_config
     from occfeat.train.dist import DistEnv, resolve_device
@@ -166,14 +208,48 @@ def main() -> None:
         fixed = to_device(next(batches), dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        # Alternate the two modes and keep each one's best round: a shared machine's load hits both alike.
-        mem_s, data_s = [], []
+        network = model.network
+        sparse_lift = network.lift
+        if args.compare_dense_lift:
+            from occfeat.models.lift import DenseVoxelLift
+
+            dense_lift = DenseVoxelLift(cfg.grid).to(dev)
+            network.lift = dense_lift
+            step(fixed)  # warm-up of the dense lift's kernels
+            network.lift = sparse_lift
+
+        def timed_dense() -> float:
+            network.lift = dense_lift
+            try:
+                return timed(lambda: fixed)
+            finally:
+                network.lift = sparse_lift
+
+        # Alternate the modes and keep each one's best round: a shared machine's load hits them alike.
+        mem_s, data_s, dense_s = [], [], []
         for _ in range(args.rounds):
             mem_s.append(timed(lambda: fixed))
+            if args.compare_dense_lift:
+                dense_s.append(timed_dense())
             data_s.append(timed(lambda: to_device(next(batches), dev)))
         mem_rate = args.steps * args.batch_size / min(mem_s)
         data_rate = args.steps * args.batch_size / min(data_s)
         peak = peak_memory(dev)
+        lift_peaks = {}
+        if args.compare_dense_lift:
+            torch.save(fixed, d / "batch.pt")
+            ctx = mp.get_context("spawn")
+            for name in ("dense", "sparse"):
+                queue = ctx.Queue()
+                child = ctx.Process(target=lift_step_peak, args=(d, d / "batch.pt", name, args, amp, queue))
+                # a fixed 64 KiB mmap threshold: freed tensors leave RSS at once, so the peak is the live peak
+                os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+                try:
+                    child.start()
+                finally:
+                    del os.environ["MALLOC_MMAP_THRESHOLD_"]
+                lift_peaks[name] = queue.get()
+                child.join()
 
         t = time.perf_counter()
         n = 0
@@ -186,8 +262,15 @@ def main() -> None:
     for name, value in decode.items():
         print(f"  {name:<44}{value}")
     print(f"\npeak memory while training: {peak}")
+    for name, value in lift_peaks.items():
+        print(f"peak memory, {name} lift (a fresh process, 2 steps on the batch): {value}")
     print(f"{'':<40}{'samples/s':>10}   (best of {args.rounds} alternating rounds of {args.steps} steps)")
     print(f"{'step on a batch in memory':<40}{mem_rate:>10.3f}")
+    if args.compare_dense_lift:
+        dense_rate = args.steps * args.batch_size / min(dense_s)
+        print(f"{'  the same with the dense lift':<40}{dense_rate:>10.3f}   (sparse lift: {mem_rate / dense_rate:.2f}x faster)")
+        print(f"{'  s/step sparse, dense (each round)':<40}" + "  ".join(
+            f"{m / args.steps:.2f}/{x / args.steps:.2f}" for m, x in zip(mem_s, dense_s)))
     print(f"{'step with data loading':<40}{data_rate:>10.3f}")
     print(f"{'data loading alone ({} workers)'.format(args.workers):<40}{load_rate:>10.3f}")
     print(f"ratio with-data / in-memory: {data_rate / mem_rate:.2f}")
