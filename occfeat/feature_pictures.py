@@ -23,7 +23,7 @@ from occfeat.features_viz import correlation_map, cosine_map, fit_pca, pca_rgb, 
 from occfeat.geometry import apply_4x4, project_points
 from occfeat.models import predict_at
 from occfeat.train.pretrain import PretrainRun, PretrainTask, read_pretrain_run
-from occfeat.train.rundir import load_checkpoint
+from occfeat.train.rundir import load_checkpoint, read_jsonl
 
 if TYPE_CHECKING:  # the figures (matplotlib) load when pictures are drawn, not when features are read
     from occfeat.pretrain_figures import Caption, TeacherRow
@@ -200,7 +200,7 @@ def write_pretraining_pictures(run_dir: str | Path, out_dir: str | Path, *, samp
     weights = {name: c.weight for name, c in pretrain.config.objectives.items()}
     written = []
     metrics = pretrain.checkpoint.parent.parent / "metrics.jsonl"
-    x_name, curves = figs.loss_curves(figs.read_metrics(metrics)) if metrics.is_file() else ("step", {})
+    x_name, curves = figs.loss_curves(read_jsonl(metrics))  # no log yet: no curves
     if curves:  # first: it needs neither the data nor the caches
         written.append(figs.save(figs.loss_figure(x_name, curves, weights, caption), out_dir / "loss.png"))
     task = task_from_run(pretrain, dataroot, version, occupancy, features, split, need_features=False, progress=progress)

@@ -10,7 +10,6 @@ goes into the PNG's ``Title`` / ``Description`` metadata.
 
 from __future__ import annotations
 
-import json
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,19 +270,6 @@ def occupancy_figure(height: np.ndarray, points: np.ndarray, grid: BevGrid, name
     cbar.set_label("height z (m): top occupied voxel / point", fontsize=8)
     cbar.ax.tick_params(labelsize=7)
     return fig
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a run's ``metrics.jsonl``; a torn last line (a run killed mid-write) is skipped."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def loss_curves(rows: list[dict]) -> tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
