@@ -9,6 +9,7 @@ import torch
 from occfeat.geometry import crop_intrinsics, invert_rigid, make_transform, reference_frame, scale_intrinsics, yaw_matrix
 from occfeat.grid import BevGrid
 from occfeat.models import build_network
+from occfeat.models.flips import flip_bev
 from occfeat.models.lift import DenseVoxelLift, VoxelLift, lift_taps
 from tests.test_models import tiny_batch, tiny_cfg
 
@@ -82,6 +83,32 @@ def test_sparse_lift_equals_dense_in_value_and_gradient(case):
     assert g_dense.abs().sum() > 0
     if case == "blind camera":
         assert torch.all(g_sparse[:, -1] == 0) and torch.all(g_dense[:, -1] == 0)
+
+
+@pytest.mark.parametrize("lift_class", [VoxelLift, DenseVoxelLift])
+def test_lift_with_bev_flips_equals_flip_bev_of_the_lift(lift_class):
+    """flips inside the lift (VoxelLift: mirrored voxel centres) = flip_bev of the unflipped volume, in value
+    and in the features' gradient; every flag combination in one batch, and a volume not symmetric in X/Y."""
+    K, T = random_rig(np.random.default_rng(5), B=4, ref=1)
+    X, Y, Z = GRID.shape
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(4, 4, 3, *FEAT_HW, generator=gen)
+    upstream = torch.randn(4, 3, Z, X, Y, generator=gen)
+    flips = torch.tensor([[False, False], [True, False], [False, True], [True, True]])
+    out = []
+    for inside in (True, False):
+        f = feats.clone().requires_grad_()
+        lift = lift_class(GRID)
+        volume = lift(f, K, T, IMAGE_HW, flips) if inside else flip_bev(lift(f, K, T, IMAGE_HW), flips)
+        (volume * upstream).sum().backward()
+        out.append((volume.detach(), f.grad))
+    (inside, g_inside), (after, g_after) = out
+    assert inside.is_contiguous() and inside.shape == (4, 3, Z, X, Y)
+    torch.testing.assert_close(inside, after, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_inside, g_after, rtol=1e-5, atol=1e-5)
+    unflipped = out[1][0]
+    for b in range(1, 4):  # the flips change each flipped sample's volume: the test can fail
+        assert not torch.allclose(flip_bev(unflipped, flips)[b], flip_bev(unflipped, None)[b], atol=1e-3)
 
 
 def test_sparse_lift_when_no_camera_sees_anything():

@@ -2,8 +2,9 @@
 BEV compressor over the height axis → ResNet-18 BEV decoder → F_B (B, N_B, X, Y).
 
 Simple-BEV's flip augmentations (:mod:`occfeat.models.flips`) run here when the batch carries their
-flags: images flipped around the encoder, the 3D volume flipped before the compressor and F_B flipped
-back after the decoder (simple_bev segnet.py:401-407, 430-434, 137-140)."""
+flags: images flipped around the encoder, the 3D volume flipped before the compressor (inside the lift, as
+mirrored voxel centres) and F_B flipped back after the decoder (simple_bev segnet.py:401-407, 430-434,
+137-140)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ class SimpleBev(BevNetwork):
         """batch (see occfeat.models.base) → (F_B (B, N_B, X, Y), image features (B, S, C, Hf, Wf))."""
         images, K, cam_T_ego = unpack_batch(batch)
         feats = encode_with_flips(self.encoder, images, batch.get("flip_image"))  # (B, S, C, Hf, Wf)
-        volume = self.lift(feats, K, cam_T_ego, tuple(images.shape[-2:]))  # (B, C, Z, X, Y)
         flips = batch.get("flip_bev")
-        bev = self.compress(flip_bev(volume, flips).flatten(1, 2))
+        # (B, C, Z, X, Y), already flipped: the lift takes the BEV flips into its geometry (VoxelLift)
+        volume = self.lift(feats, K, cam_T_ego, tuple(images.shape[-2:]), flips)
+        bev = self.compress(volume.flatten(1, 2))
         return flip_bev(self.decoder(bev), flips), feats  # F_B back in the grid's frame before any head
