@@ -3,7 +3,7 @@ arrays and returning a matplotlib Figure (the caller saves and closes it, :func:
 
 BEV panels follow :mod:`occfeat.bev_plots`: x (forward) up, y (left) left, metres, the grid's extent shaded,
 the ego's footprint and forward arrow. Every figure's title carries a :class:`Caption`: the run, its
-pretraining label and the provenance marks of :data:`occfeat.report.MARKS` (stand-in or random-init teacher,
+pretraining label and the provenance marks of :data:`occfeat.train.records.MARKS` (stand-in or random-init teacher,
 random-init backbone, synthetic data), so no picture passes for a DINOv2 / nuScenes result; the same text
 goes into the PNG's ``Title`` / ``Description`` metadata.
 """
@@ -26,7 +26,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from occfeat.bev_plots import EMPTY_RGB, bev_axes, draw_bev_image, page_xy  # noqa: E402
 from occfeat.features_viz import subsample  # noqa: E402
 from occfeat.grid import BevGrid  # noqa: E402
-from occfeat.train.records import Provenance  # noqa: E402
+from occfeat.train.records import MARKS, Provenance  # noqa: E402
 
 HEIGHT_CMAP = "viridis"  # occupancy and LiDAR heights share it (and one colour bar)
 # Heights (m, ego frame: z = 0 is the ground under the rear axle) the colours span: the road dark, cars mid,
@@ -60,8 +60,7 @@ def pretrain_provenance(provenance: dict, synthetic: bool) -> Provenance:
 
 
 def provenance_marks(prov: Provenance) -> list[str]:
-    """"<mark> <legend>" for each of the report's marks the run carries, in :data:`occfeat.report.MARKS` order."""
-    from occfeat.report import MARKS  # the one home of the marks' wording; the report imports this module's callers
+    """"<mark> <legend>" for each of the report's marks the run carries, in :data:`occfeat.train.records.MARKS` order."""
 
     return [f"{mark} {text}" for flag, mark, text in MARKS if getattr(prov, flag, False)]
 

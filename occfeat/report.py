@@ -19,23 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from occfeat.data.standin import STANDIN_LEGEND
 from occfeat.errors import OccfeatError
 from occfeat.files import writing
 from occfeat.grid import BevGrid
 from occfeat.tasks import TASKS
-from occfeat.train.records import METRICS_FILE, NONE_LABEL, FinetuneMetrics
+from occfeat.train.records import MARKS, METRICS_FILE, NONE_LABEL, FinetuneMetrics
 from occfeat.train.rundir import read_config
 
 NONE = NONE_LABEL
-# Footnote markers: (provenance flag, marker, legend text).
-MARKS = (
-    ("synthetic_data", "§", "synthetic data (occfeat synth): not comparable to nuScenes numbers"),
-    ("backbone_random_init", "*", "image backbone started from random weights, not ImageNet"),
-    ("teacher_random_init", "‡", "pretrained with a random-init teacher (no DINOv2 weights)"),
-    ("teacher_standin", "¶", STANDIN_LEGEND),
-    ("privileged_teacher", "†", "distilled from a teacher trained on labelled frames this row did not see: privileged, not a low-label result"),
-)
 # Marks that must match for a delta: comparing synthetic to real, or random to ImageNet backbones, is meaningless.
 DELTA_MARKS = ("synthetic_data", "backbone_random_init")
 ROW_KEYS = ["arch", "backbone", "input", "pretraining", "prior", "marks"]

@@ -28,11 +28,21 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from occfeat.data.standin import STANDIN_LEGEND
 from occfeat.errors import OccfeatError
 from occfeat.files import write_text_atomic
 from occfeat.tasks import TASKS
 
 METRICS_FILE = "metrics.json"
+# The report's footnote markers, (provenance flag, marker, legend text): every table row and figure that
+# depends on synthetic data, random-init or stand-in weights, or a privileged teacher says so with these.
+MARKS = (
+    ("synthetic_data", "§", "synthetic data (occfeat synth): not comparable to nuScenes numbers"),
+    ("backbone_random_init", "*", "image backbone started from random weights, not ImageNet"),
+    ("teacher_random_init", "‡", "pretrained with a random-init teacher (no DINOv2 weights)"),
+    ("teacher_standin", "¶", STANDIN_LEGEND),
+    ("privileged_teacher", "†", "distilled from a teacher trained on labelled frames this row did not see: privileged, not a low-label result"),
+)
 NONE_LABEL = "None"
 
 
