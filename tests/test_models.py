@@ -8,7 +8,9 @@ from torch import nn
 from occfeat.errors import OccfeatError
 from occfeat.grid import BevGrid
 from occfeat.config import merge
-from occfeat.models import NetworkConfig, SegmentationHead, UnsplatDecoder, build_network, predict_at, camera_networks
+from occfeat.models import (
+    NetworkConfig, ReferenceUnsplatDecoder, SegmentationHead, UnsplatDecoder, build_network, camera_networks, pointwise, predict_at,
+)
 from occfeat.models.lift import VoxelLift
 
 # camera axes (x right, y down, z forward) from ego axes (x forward, y left, z up)
@@ -141,6 +143,49 @@ def test_predict_at_equals_dense_conv():
     b, x, y, zz = idx.unbind(1)
     assert got.shape == (30, 12)
     assert torch.allclose(got, dense[b, :, zz, x, y], atol=1e-5)
+
+
+def test_unsplat_decoder_equals_its_conv_reference_in_value_and_gradient():
+    """UnsplatDecoder runs its 1x1/1x1x1 convs as matmuls on channels-last rows (pointwise); it must equal
+    ReferenceUnsplatDecoder (the Conv2d/Conv3d modules themselves, channels first) with the same weights,
+    F_V and the occupancy predictor's logits, and every gradient."""
+    torch.manual_seed(0)
+    nb, z = 8, 4
+    fast, ref = UnsplatDecoder(nb, z), ReferenceUnsplatDecoder(nb, z)
+    ref.load_state_dict(fast.state_dict())
+    occ = nn.Conv3d(nb, 1, kernel_size=1)
+    bev = torch.randn(2, nb, 7, 9)
+    outs = []
+    for head in (fast, ref):
+        x = bev.clone().requires_grad_()
+        volume = head(x)
+        logits = pointwise(occ, volume)
+        ((volume * torch.linspace(-1, 1, volume.numel()).view_as(volume)).sum() + logits.square().sum()).backward()
+        outs.append((volume.detach(), logits.detach(), x.grad, [p.grad.clone() for p in head.parameters()], occ.weight.grad.clone()))
+        head.zero_grad()
+        occ.zero_grad()
+    (v1, l1, g1, p1, o1), (v2, l2, g2, p2, o2) = outs
+    assert v1.shape == v2.shape == (2, nb, z, 7, 9)
+    assert v1.permute(0, 3, 4, 2, 1).is_contiguous() and v2.is_contiguous()  # (B, X, Y, Z, C) / channels first
+    torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(o1, o2, rtol=1e-4, atol=1e-5)
+    for a, b in zip(p1, p2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_pointwise_is_the_conv_in_any_layout():
+    torch.manual_seed(1)
+    conv3, conv2 = nn.Conv3d(6, 5, kernel_size=1), nn.Conv2d(6, 5, kernel_size=1)
+    vol = torch.randn(2, 6, 3, 4, 5)
+    layouts = [vol, vol.permute(0, 3, 4, 2, 1).contiguous().permute(0, 4, 3, 1, 2), vol.transpose(3, 4).contiguous().transpose(3, 4)]
+    for v in layouts:
+        torch.testing.assert_close(pointwise(conv3, v), conv3(vol), rtol=1e-5, atol=1e-6)
+    img = torch.randn(2, 6, 4, 5)
+    for v in (img, img.contiguous(memory_format=torch.channels_last)):
+        torch.testing.assert_close(pointwise(conv2, v), conv2(img), rtol=1e-5, atol=1e-6)
+    assert pointwise(conv2, img.contiguous(memory_format=torch.channels_last)).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_segmentation_head_shape():

@@ -13,7 +13,9 @@ from occfeat.grid import BevGrid
 from occfeat.models.base import BevNetwork, NetworkConfig, camera_networks, registered_networks, upgrade_network_dict
 from occfeat.models.bevformer import BevFormer, BevFormerConfig
 from occfeat.models.lidar import LidarBev, LidarBevConfig
-from occfeat.models.heads import InstanceHeads, PerspectiveHead, SegmentationHead, UnsplatDecoder, predict_at
+from occfeat.models.heads import (
+    InstanceHeads, PerspectiveHead, ReferenceUnsplatDecoder, SegmentationHead, UnsplatDecoder, pointwise, predict_at,
+)
 from occfeat.models.simplebev import SimpleBev, SimpleBevConfig
 
 
@@ -37,5 +39,5 @@ def build_network(cfg: NetworkConfig, grid: BevGrid) -> BevNetwork:
 __all__ = [
     "BevNetwork", "NetworkConfig", "SimpleBev", "SimpleBevConfig", "BevFormer", "BevFormerConfig", "LidarBev", "LidarBevConfig",
     "registered_networks", "camera_networks",
-    "build_network", "upgrade_network_dict", "UnsplatDecoder", "predict_at", "SegmentationHead", "InstanceHeads", "PerspectiveHead",
+    "build_network", "upgrade_network_dict", "UnsplatDecoder", "ReferenceUnsplatDecoder", "pointwise", "predict_at", "SegmentationHead", "InstanceHeads", "PerspectiveHead",
 ]  # fmt: skip

@@ -18,7 +18,7 @@ from torch import nn
 
 from occfeat.data.targets import voxel_feature_targets
 from occfeat.distillation import ATTENTION_TEMPERATURE, balanced_occupancy_weights
-from occfeat.models import predict_at
+from occfeat.models import pointwise, predict_at
 from occfeat.objectives.base import Context, Objective, ObjectiveConfig, SampleInput
 from occfeat.objectives.features import FeaturesConfig, TeacherMaps, teacher_width
 from occfeat.objectives.occupancy import OccupancyGrid
@@ -83,7 +83,7 @@ class Balanced(Objective):
     def forward(self, ctx: Context, batch: dict) -> dict[str, torch.Tensor]:
         occupied = batch["occupancy"].bool()  # (B, X, Y, Z)
         B = occupied.shape[0]
-        logits = self.occupancy(ctx.volume)[:, 0].permute(0, 2, 3, 1).float()  # (B, Z, X, Y) → (B, X, Y, Z)
+        logits = pointwise(self.occupancy, ctx.volume)[:, 0].permute(0, 2, 3, 1).float()  # (B, Z, X, Y) → (B, X, Y, Z)
         with torch.no_grad(), torch.autocast(batch["images"].device.type, enabled=False):
             idx, target, valid = voxel_feature_targets(
                 occupied, batch["features"].float(), batch["K_orig"], batch["cam_T_ego"], batch["image_hw_orig"], self.grid

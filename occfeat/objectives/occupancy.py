@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from occfeat.losses import occupancy_loss
+from occfeat.models import pointwise
 from occfeat.objectives.base import Context, Objective, ObjectiveConfig, SampleInput
 
 
@@ -42,7 +43,7 @@ class Occupancy(Objective):
         return [OccupancyGrid()]
 
     def forward(self, ctx: Context, batch: dict) -> dict[str, torch.Tensor]:
-        logits = self.predictor(ctx.volume)[:, 0]  # (B, Z, X, Y)
+        logits = pointwise(self.predictor, ctx.volume)[:, 0]  # (B, Z, X, Y)
         return {"loss_occupancy": occupancy_loss(logits, batch["occupancy"])}
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from occfeat.data.targets import voxel_feature_targets
 from occfeat.losses import feature_distillation_loss, occupancy_loss
-from occfeat.models import UnsplatDecoder, predict_at
+from occfeat.models import UnsplatDecoder, pointwise, predict_at
 from occfeat.objectives.base import Context, Objective, ObjectiveConfig, SampleInput
 from occfeat.objectives.features import FeaturesConfig, TeacherMaps, teacher_width
 from occfeat.objectives.occupancy import OccupancyGrid
@@ -55,7 +55,7 @@ class SecondUnsplat(Objective):
 
     def forward(self, ctx: Context, batch: dict) -> dict[str, torch.Tensor]:
         volume = self.decoder(ctx.bev)
-        occ = occupancy_loss(self.occupancy(volume)[:, 0], batch["occupancy"])
+        occ = occupancy_loss(pointwise(self.occupancy, volume)[:, 0], batch["occupancy"])
         with torch.no_grad(), torch.autocast(batch["images"].device.type, enabled=False):
             idx, target, valid = voxel_feature_targets(
                 batch["occupancy"], batch["features"].float(), batch["K_orig"], batch["cam_T_ego"], batch["image_hw_orig"], self.grid
