@@ -103,7 +103,7 @@ def test_lift_with_bev_flips_equals_flip_bev_of_the_lift(lift_class):
         (volume * upstream).sum().backward()
         out.append((volume.detach(), f.grad))
     (inside, g_inside), (after, g_after) = out
-    assert inside.is_contiguous() and inside.shape == (4, 3, Z, X, Y)
+    assert inside.shape == (4, 3, Z, X, Y)
     torch.testing.assert_close(inside, after, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g_inside, g_after, rtol=1e-5, atol=1e-5)
     unflipped = out[1][0]
@@ -153,3 +153,29 @@ def test_simplebev_with_sparse_lift_equals_dense_with_flips_and_reference_camera
     for name in grads_s:  # relative to each gradient's size: deep encoder gradients are sums of cancelling terms
         err = (grads_s[name] - grads_d[name]).norm() / grads_d[name].norm().clamp(min=1e-12)
         assert err < 1e-3, f"{name}: relative gradient error {err:.1e}"
+
+
+def test_sparse_volume_is_channels_last_and_the_compressor_folds_it_as_simple_bev():
+    """VoxelLift's volume is a view of (B, X, Y, Z, C) rows; SimpleBEV's compressor folds it in that memory
+    order with its weight's input channels permuted, which must equal Simple-BEV's fold (channel c·Z + z)
+    of the same volume made contiguous, in value and in every gradient."""
+    K, T = random_rig(np.random.default_rng(6), B=2, ref=None)
+    feats = torch.randn(2, 4, 3, *FEAT_HW, generator=torch.Generator().manual_seed(2))
+    volume = VoxelLift(GRID)(feats, K, T, IMAGE_HW)
+    assert volume.permute(0, 3, 4, 2, 1).is_contiguous() and not volume.is_contiguous()
+    net = build_network(tiny_cfg(image_channels=3, bev_channels=8), GRID)
+    grads = []
+    for v in (volume.detach().clone(), volume.detach().contiguous()):  # channels last, channels first
+        v.requires_grad_()
+        net.zero_grad()
+        out = net.compress_volume(v)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), v.grad, net.compress[0].weight.grad.clone()))
+    (out_cl, g_cl, w_cl), (out_cf, g_cf, w_cf) = grads
+    torch.testing.assert_close(out_cl, out_cf, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_cl, g_cf, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w_cl, w_cf, rtol=1e-4, atol=1e-5)
+    # the permutation matters: folding in memory order with the unpermuted weight gives another answer
+    conv = net.compress[0]
+    wrong = torch.nn.functional.conv2d(volume.detach().permute(0, 3, 4, 2, 1).flatten(3).permute(0, 3, 1, 2), conv.weight, padding=1)
+    assert not torch.allclose(net.compress[1:](wrong), out_cf, atol=1e-3)

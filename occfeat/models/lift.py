@@ -186,28 +186,6 @@ class _ApplyTaps(torch.autograd.Function):
         return out, None
 
 
-class _ChannelsFirst(torch.autograd.Function):
-    """rows (B·X·Y·Z, C), embedding_bag's voxel rows → the contiguous volume (B, C, Z, X, Y). Forward copies
-    in blocks of a few X rows: a block's source fits in the cache, ~2x faster on the CPU than one strided
-    copy_ of the whole 2·1024·200·200 volume; backward, the copy the other way, is fast as it is."""
-
-    X_BLOCK = 8
-
-    @staticmethod
-    def forward(ctx, rows: torch.Tensor, shape: tuple[int, int, int, int, int]) -> torch.Tensor:
-        B, X, Y, Z, C = shape
-        source = rows.view(B, X, Y, Z, C).permute(0, 4, 3, 1, 2)
-        out = rows.new_empty((B, C, Z, X, Y))
-        for x0 in range(0, X, _ChannelsFirst.X_BLOCK):
-            out[..., x0 : x0 + _ChannelsFirst.X_BLOCK, :].copy_(source[..., x0 : x0 + _ChannelsFirst.X_BLOCK, :])
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad.permute(0, 3, 4, 2, 1).reshape(-1, grad.shape[1]), None
-
-
 def apply_taps(feats: torch.Tensor, taps: LiftTaps) -> torch.Tensor:
     """feats (B, S, C, Hf, Wf) → (B·N, C) float32 voxel features (rows as the taps' voxels)."""
     with torch.autocast(device_type=feats.device.type, enabled=False):
@@ -218,11 +196,11 @@ class VoxelLift(nn.Module):
     """Image features → voxel volume, mean over the cameras that see each voxel centre (sparse taps).
 
     forward(feats (B, S, C, Hf, Wf), K (B, S, 3, 3) at the input image size, cam_T_ego (B, S, 4, 4),
-    image_hw, flips (B, 2) bool or None) → volume (B, C, Z, X, Y), contiguous; voxels no camera sees are
-    0. ``flips`` returns ``flip_bev(volume, flips)`` by lifting mirrored voxel centres
-    (:func:`mirrored_voxels`), with no flip of the volume or of its gradient. The volume is made
-    contiguous here (embedding_bag writes (B, X, Y, Z, C)): the compressor folds Z into channels, which
-    would copy a permuted view anyway, more slowly (:class:`_ChannelsFirst`).
+    image_hw, flips (B, 2) bool or None) → volume (B, C, Z, X, Y); voxels no camera sees are 0. ``flips``
+    returns ``flip_bev(volume, flips)`` by lifting mirrored voxel centres (:func:`mirrored_voxels`), with
+    no flip of the volume or of its gradient. The volume is a view of embedding_bag's (B, X, Y, Z, C)
+    rows, channels last in memory: SimpleBEV's compressor folds Z into channels in that order
+    (:meth:`occfeat.models.simplebev.SimpleBev.compress_volume`) with no layout copy.
     """
 
     def __init__(self, grid: BevGrid):
@@ -245,13 +223,13 @@ class VoxelLift(nn.Module):
         if flips is not None and bool(flips.any()):
             centers = centers[mirrored_voxels(self.grid.shape, flips.to(centers.device))]  # (B, N, 3)
         taps = lift_taps(centers, K, cam_T_ego, image_hw, (Hf, Wf))
-        return _ChannelsFirst.apply(apply_taps(feats, taps), (B, X, Y, Z, C)).to(feats.dtype)
+        return apply_taps(feats, taps).view(B, X, Y, Z, C).permute(0, 4, 3, 1, 2).to(feats.dtype)
 
 
 class DenseVoxelLift(nn.Module):
     """The reference lift: every voxel sampled in every camera with ``grid_sample``, masked, averaged.
 
-    Same interface and result as :class:`VoxelLift` (returns a contiguous volume); kept for the tests
+    Same interface and result as :class:`VoxelLift` (the volume contiguous, channels first); kept for the tests
     and benchmarks/lift.py. ``flips`` flips the lifted volume with ``flip_bev`` (what SimpleBEV did
     before the sparse lift took the flips into its taps).
     """
