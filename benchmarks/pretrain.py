@@ -2,7 +2,7 @@
 memory, measured in the same run.
 
     python benchmarks/pretrain.py [--samples 6] [--batch-size 2] [--steps 2] [--rounds 2] [--workers 2]
-                                  [--image-size 900x1600] [--device auto] [--amp auto] [--compare-dense-lift]
+                                  [--image-size 900x1600] [--device auto] [--amp auto] [--compare-reference]
 
 SimpleBEV EN-B0 + the unsplat head at the paper's settings (recipes/pretrain/simplebev-effb0.yaml:
 224x400 input with augmentation, 200x200x8 grid, N_B = 128, L = L_occ + 0.01 L_feat, Adam) with a
@@ -15,10 +15,11 @@ ViT-S/14 features at 224x406, built in a child process first (so the peak memory
   host→device copy; workers prefetch while the step computes, as in training) feeding the same step;
 
 alternating the two (after one warm-up step) and keeping each one's best round; with
-``--compare-dense-lift`` a third mode in the same rounds, the in-memory step with SimpleBEV's lift swapped
-for the dense grid_sample reference (occfeat.models.lift.DenseVoxelLift: the lift before issue 19), and
-each lift's peak memory in a fresh child process stepping the same batch (the CPU's peak RSS, or CUDA's
-max allocated);
+``--compare-reference`` a third mode in the same rounds, the in-memory step as it was before issue 19:
+SimpleBEV's lift swapped for the dense grid_sample reference (occfeat.models.lift.DenseVoxelLift) and the
+unsplat decoder for its Conv3d reference (occfeat.models.ReferenceUnsplatDecoder), so the compressor folds a
+channels-first volume and the occupancy predictor runs as a Conv3d, as they did; and each version's peak
+memory in a fresh child process stepping the same batch (the CPU's peak RSS, or CUDA's max allocated);
 
 prints samples/s for both, the ratio, peak memory, and the time of 50 epochs on nuScenes trainval.
 """
@@ -100,12 +101,22 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS (process peak)"
 
 
-def lift_step_peak(root: Path, batch_file: Path, lift: str, args: argparse.Namespace, amp: bool, queue) -> None:
-    """In a child process: build the task, take 2 steps on the saved batch with the ``lift`` lift, put the
-    process's peak memory on ``queue`` (what one training process with that lift needs)."""
+def use_reference(model) -> None:
+    """The step before issue 19: the dense lift and the Conv3d unsplat decoder (same weights)."""
+    from occfeat.models import ReferenceUnsplatDecoder
+    from occfeat.models.lift import DenseVoxelLift
+
+    model.network.lift = DenseVoxelLift(model.network.grid).to(model.network.lift.centers.device)
+    reference = ReferenceUnsplatDecoder(model.decoder.bev_channels, model.decoder.z_bins)
+    reference.bev, reference.volume = model.decoder.bev, model.decoder.volume  # the same parameters, stepped by the same optimizer
+    model.decoder = reference
+
+
+def step_peak(root: Path, batch_file: Path, version: str, args: argparse.Namespace, amp: bool, queue) -> None:
+    """In a child process: build the task, take 2 steps on the saved batch with the ``version`` ("reference"
+    or "current") network, put the process's peak memory on ``queue`` (what one training process needs)."""
     from occfeat.config import load_config
     from occfeat.data.synth import SynthConfig
-    from occfeat.models.lift import DenseVoxelLift
     from occfeat.train.dist import DistEnv, resolve_device
     from occfeat.train.loop import to_device
     from occfeat.train.pretrain import PretrainConfig, PretrainTask
@@ -116,8 +127,8 @@ def lift_step_peak(root: Path, batch_file: Path, lift: str, args: argparse.Names
     cfg = load_config(PretrainConfig, REPO / "recipes/pretrain/simplebev-effb0.yaml", overrides)
     task = PretrainTask(cfg, root / "root", SynthConfig().version, root / "occ.h5", root / "feats.h5", split="all")
     model = task.model.to(dev).train()
-    if lift == "dense":
-        model.network.lift = DenseVoxelLift(cfg.grid).to(dev)
+    if version == "reference":
+        use_reference(model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     batch = to_device(torch.load(batch_file, weights_only=False), dev)
     for _ in range(2):
@@ -144,8 +155,9 @@ def main() -> None:
     ap.add_argument("--image-size", default="900x1600", help="stored JPEG HEIGHTxWIDTH (nuScenes: 900x1600)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", default="auto", help="auto (bf16 on CUDA), bf16, off")
-    ap.add_argument("--compare-dense-lift", action="store_true",
-                    help="also step the in-memory batch with the dense reference lift (alternating), and each lift's peak memory")
+    ap.add_argument("--compare-reference", action="store_true",
+                    help="also step the in-memory batch as before issue 19 (dense lift, Conv3d unsplat decoder; alternating), "
+                         "and each version's peak memory")
     args = ap.parse_args()
     args.threads = torch.get_num_threads()
 
@@ -208,47 +220,44 @@ def main() -> None:
         fixed = to_device(next(batches), dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        network = model.network
-        sparse_lift = network.lift
-        if args.compare_dense_lift:
-            from occfeat.models.lift import DenseVoxelLift
+        current = (model.network.lift, model.decoder)
+        if args.compare_reference:
+            use_reference(model)
+            reference = (model.network.lift, model.decoder)
+            step(fixed)  # warm-up of the reference's kernels
+            model.network.lift, model.decoder = current
 
-            dense_lift = DenseVoxelLift(cfg.grid).to(dev)
-            network.lift = dense_lift
-            step(fixed)  # warm-up of the dense lift's kernels
-            network.lift = sparse_lift
-
-        def timed_dense() -> float:
-            network.lift = dense_lift
+        def timed_reference() -> float:
+            model.network.lift, model.decoder = reference
             try:
                 return timed(lambda: fixed)
             finally:
-                network.lift = sparse_lift
+                model.network.lift, model.decoder = current
 
         # Alternate the modes and keep each one's best round: a shared machine's load hits them alike.
-        mem_s, data_s, dense_s = [], [], []
+        mem_s, data_s, ref_s = [], [], []
         for _ in range(args.rounds):
             mem_s.append(timed(lambda: fixed))
-            if args.compare_dense_lift:
-                dense_s.append(timed_dense())
+            if args.compare_reference:
+                ref_s.append(timed_reference())
             data_s.append(timed(lambda: to_device(next(batches), dev)))
         mem_rate = args.steps * args.batch_size / min(mem_s)
         data_rate = args.steps * args.batch_size / min(data_s)
         peak = peak_memory(dev)
-        lift_peaks = {}
-        if args.compare_dense_lift:
+        version_peaks = {}
+        if args.compare_reference:
             torch.save(fixed, d / "batch.pt")
             ctx = mp.get_context("spawn")
-            for name in ("dense", "sparse"):
+            for name in ("reference", "current"):
                 queue = ctx.Queue()
-                child = ctx.Process(target=lift_step_peak, args=(d, d / "batch.pt", name, args, amp, queue))
+                child = ctx.Process(target=step_peak, args=(d, d / "batch.pt", name, args, amp, queue))
                 # a fixed 64 KiB mmap threshold: freed tensors leave RSS at once, so the peak is the live peak
                 os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
                 try:
                     child.start()
                 finally:
                     del os.environ["MALLOC_MMAP_THRESHOLD_"]
-                lift_peaks[name] = queue.get()
+                version_peaks[name] = queue.get()
                 child.join()
 
         t = time.perf_counter()
@@ -262,21 +271,25 @@ def main() -> None:
     for name, value in decode.items():
         print(f"  {name:<44}{value}")
     print(f"\npeak memory while training: {peak}")
-    for name, value in lift_peaks.items():
-        print(f"peak memory, {name} lift (a fresh process, 2 steps on the batch): {value}")
+    for name, value in version_peaks.items():
+        print(f"peak memory, {name} step (a fresh process, 2 steps on the batch): {value}")
+    flips = fixed.get("flip_bev")
+    print(f"the in-memory batch's BEV flips (x, y) per sample: {flips.tolist() if flips is not None else 'none'}")
     print(f"{'':<40}{'samples/s':>10}   (best of {args.rounds} alternating rounds of {args.steps} steps)")
     print(f"{'step on a batch in memory':<40}{mem_rate:>10.3f}")
-    if args.compare_dense_lift:
-        dense_rate = args.steps * args.batch_size / min(dense_s)
-        print(f"{'  the same with the dense lift':<40}{dense_rate:>10.3f}   (sparse lift: {mem_rate / dense_rate:.2f}x faster)")
-        print(f"{'  s/step sparse, dense (each round)':<40}" + "  ".join(
-            f"{m / args.steps:.2f}/{x / args.steps:.2f}" for m, x in zip(mem_s, dense_s)))
+    if args.compare_reference:
+        ref_rate = args.steps * args.batch_size / min(ref_s)
+        print(f"{'  the same step before issue 19':<40}{ref_rate:>10.3f}   (dense lift, Conv3d unsplat decoder)")
+        print(f"{'  s/step now, before (each round)':<40}" + "  ".join(
+            f"{m / args.steps:.2f}/{x / args.steps:.2f}" for m, x in zip(mem_s, ref_s)))
     print(f"{'step with data loading':<40}{data_rate:>10.3f}")
     print(f"{'data loading alone ({} workers)'.format(args.workers):<40}{load_rate:>10.3f}")
     print(f"ratio with-data / in-memory: {data_rate / mem_rate:.2f}")
     hours = 50 * TRAINVAL_TRAIN_SAMPLES / data_rate / 3600
     print(f"\n50 epochs on nuScenes trainval ({TRAINVAL_TRAIN_SAMPLES:,} train samples) at the with-data rate: "
           f"{hours:,.0f} h ({hours / 24:,.1f} days) on this device")
+    if args.compare_reference:
+        print(f"step speedup vs before issue 19 (in memory, batch {args.batch_size}): {mem_rate / ref_rate:.2f}x")
 
 
 if __name__ == "__main__":
