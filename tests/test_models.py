@@ -139,10 +139,20 @@ def test_predict_at_equals_dense_conv():
     volume = torch.randn(2, 8, 4, 5, 6)
     dense = predictor(volume)  # (B, N_y, Z, X, Y)
     idx = torch.stack([torch.randint(0, n, (30,)) for n in (2, 5, 6, 4)], 1)  # [b, x, y, z]
-    got = predict_at(predictor, volume, idx)
     b, x, y, zz = idx.unbind(1)
-    assert got.shape == (30, 12)
-    assert torch.allclose(got, dense[b, :, zz, x, y], atol=1e-5)
+    channels_last = volume.permute(0, 3, 4, 2, 1).contiguous().permute(0, 4, 3, 1, 2)  # F_V's layout: a row gather
+    for v in (volume, channels_last):
+        got = predict_at(predictor, v, idx)
+        assert got.shape == (30, 12)
+        assert torch.allclose(got, dense[b, :, zz, x, y], atol=1e-5)
+    # the row gather's gradient keeps F_V's layout and equals advanced indexing's
+    grads = []
+    for v in (volume, channels_last):
+        v = v.clone().requires_grad_()
+        predict_at(predictor, v, idx).square().sum().backward()
+        grads.append(v.grad)
+    assert grads[1].permute(0, 3, 4, 2, 1).is_contiguous()
+    torch.testing.assert_close(grads[1], grads[0])
 
 
 def test_unsplat_decoder_equals_its_conv_reference_in_value_and_gradient():

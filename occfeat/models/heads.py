@@ -17,12 +17,19 @@ def pointwise(conv: nn.Conv3d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     (mkldnn's 1x1x1 Conv3d runs at ~75 GFLOP/s on the benchmark machine, the matmul at 115-225), and no
     layout copy. Any other layout goes through ``conv`` itself. Same result to float tolerance
     (tests/test_models.py)."""
-    order = sorted(range(x.ndim), key=lambda d: -x.stride(d))  # the dims outermost first in memory
-    if order[-1] != 1 or not x.permute(order).is_contiguous():
+    order = _memory_order(x)
+    if order is None:
         return conv(x)
     w = conv.weight.view(conv.out_channels, conv.in_channels)
     out = F.linear(x.permute(order), w, conv.bias)  # the rows in memory order, channels last
     return out.permute(sorted(range(x.ndim), key=order.__getitem__))
+
+
+def _memory_order(x: torch.Tensor) -> list[int] | None:
+    """The dims of ``x`` outermost first in memory when its channels (dim 1) are innermost and ``x`` is
+    dense in that order (``x.permute(order)`` contiguous); None otherwise."""
+    order = sorted(range(x.ndim), key=lambda d: -x.stride(d))
+    return order if order[-1] == 1 and x.permute(order).is_contiguous() else None
 
 
 class UnsplatDecoder(nn.Module):
@@ -90,7 +97,13 @@ def predict_at(predictor: nn.Conv3d, volume: torch.Tensor, idx: torch.Tensor) ->
     teacher-feature one would be (B, 384, 8, 200, 200): 2 GB per sample in float32)."""
     assert idx.ndim == 2 and idx.shape[1] == 4, f"idx must be (M, 4) [b, x, y, z], got {tuple(idx.shape)}"
     b, x, y, z = idx.unbind(1)
-    picked = volume[b, :, z, x, y]  # advanced indices around a slice → (M, C)
+    if _memory_order(volume) == [0, 3, 4, 2, 1]:  # F_V as UnsplatDecoder gives it: (B, X, Y, Z, C) rows
+        B, C, Z, X, Y = volume.shape
+        # a row gather, so the gradient comes back in F_V's own layout (advanced indexing's would be
+        # channels first, and adding it to the occupancy predictor's channels-last one costs ~1 s a step)
+        picked = volume.permute(0, 3, 4, 2, 1).reshape(-1, C).index_select(0, ((b * X + x) * Y + y) * Z + z)
+    else:
+        picked = volume[b, :, z, x, y]  # advanced indices around a slice → (M, C)
     w = predictor.weight.view(predictor.out_channels, predictor.in_channels)
     return F.linear(picked, w, predictor.bias)
 
