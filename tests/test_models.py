@@ -185,6 +185,26 @@ def test_unsplat_decoder_equals_its_conv_reference_in_value_and_gradient():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_channels_last_paths_under_bf16_autocast_match_their_references():
+    """The CUDA recipe trains under bf16 autocast: the channels-last unsplat decoder (+ occupancy predictor)
+    and SimpleBEV's channels-last fold must give what their channels-first references give there too,
+    to bf16 precision (run on the CPU's autocast, which casts the same ops)."""
+    torch.manual_seed(2)
+    nb, z = 8, 4
+    fast, ref = UnsplatDecoder(nb, z), ReferenceUnsplatDecoder(nb, z)
+    ref.load_state_dict(fast.state_dict())
+    occ = nn.Conv3d(nb, 1, kernel_size=1)
+    bev = torch.randn(2, nb, 7, 9)
+    net = build_network(tiny_cfg(image_channels=4, bev_channels=nb), BevGrid(bounds=((-4.0, 4.0), (-4.0, 4.0), (-1.0, 2.0)), shape=(7, 9, 3)))
+    volume = torch.randn(2, 9, 7, 3, 4).permute(0, 4, 3, 1, 2)  # (B, C, Z, X, Y) over (B, X, Y, Z, C) rows
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = pointwise(occ, fast(bev)), net.compress_volume(volume)
+        want = pointwise(occ, ref(bev)), net.compress_volume(volume.contiguous())
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype == torch.bfloat16
+        torch.testing.assert_close(g.float(), w.float(), rtol=3e-2, atol=3e-2)
+
+
 def test_pointwise_is_the_conv_in_any_layout():
     torch.manual_seed(1)
     conv3, conv2 = nn.Conv3d(6, 5, kernel_size=1), nn.Conv2d(6, 5, kernel_size=1)
