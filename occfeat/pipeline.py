@@ -147,6 +147,12 @@ class StudyConfig:
     """Label fractions whose finetune runs are evaluated under the corruptions (each one of ``fractions``)."""
     corruption_tasks: tuple[str, ...] = ("vehicle",)
     """Tasks whose finetune runs are evaluated under the corruptions (each one of ``tasks``)."""
+    corruption_images: str | None = None
+    """A downloaded nuScenes-C (RoboBEV) copy: the folder holding its ``<Corruption>/<easy|mid|hard>/``
+    image folders (``Fog/hard/CAM_FRONT/...`` or ``Fog/hard/samples/CAM_FRONT/...``). The robustness stage
+    then reads each corruption × severity from there (``occfeat evaluate --image-root``'s call; the file
+    is metrics-<val_split>-<Corruption>-<level>.json, which the report counts as that corruption at that
+    severity) instead of corrupting the images on the fly. None: on the fly."""
 
 
 CONTROL_TEACHER = "vit_small_patch14_dinov2.lvd142m"  # the architecture of the random-teacher control
@@ -336,17 +342,38 @@ def same_study(saved: dict, cfg: StudyConfig) -> bool:
         return False
 
 
-def _evaluate_corrupted(run: Path, corruption, split: str, root: Path, console, timed, progress: bool) -> None:
+def corruption_folders(cfg: StudyConfig, corruptions: list) -> dict:
+    """{Corruption: its folder in ``corruption_images``} (nuScenes-C's ``Fog/hard`` for fog at severity 3),
+    every folder checked before anything runs; {} when the study corrupts on the fly."""
+    from occfeat.robustness import NUSCENES_C_FOLDERS, NUSCENES_C_LEVELS
+
+    if cfg.corruption_images is None:
+        return {}
+    root = Path(cfg.corruption_images).expanduser()
+    folder_of = {name: folder for folder, name in NUSCENES_C_FOLDERS.items()}
+    level_of = {severity: level for level, severity in NUSCENES_C_LEVELS.items()}
+    folders = {c: root / folder_of[c.name] / level_of[c.severity] for c in corruptions}
+    missing = [str(f.relative_to(root)) for f in folders.values() if not f.is_dir()]
+    if missing:
+        raise OccfeatError(f"corruption_images {root}: no {', '.join(missing)} folder; point it at the nuScenes-C folder "
+                           "that holds Brightness/, Fog/, ... (each with easy/, mid/, hard/), or drop it to corrupt on the fly")
+    return folders
+
+
+def _evaluate_corrupted(run: Path, corruption, split: str, root: Path, console, timed, progress: bool,
+                        folder: Path | None = None) -> None:
     """One finished finetune run re-evaluated under one corruption (``occfeat evaluate --corruption``'s
-    library call), unless its metrics file is there already."""
+    library call, or ``--image-root folder``'s for a downloaded nuScenes-C copy), unless its metrics file is
+    there already."""
     from occfeat.train.finetune import run_evaluate
 
-    if (run / f"metrics-{split}-{corruption.label}.json").is_file():
-        console.print(f"{run.name} under {corruption.label}: finished, skipped")
+    label = corruption.label if folder is None else f"{folder.parent.name}-{folder.name}"
+    if (run / f"metrics-{split}-{label}.json").is_file():
+        console.print(f"{run.name} under {label}: finished, skipped")
         return
-    metrics = timed(f"robustness/{run.name}/{corruption.label}",
-                    lambda: run_evaluate(run, split=split, dataroot=root, progress=progress, corruption=corruption))
-    console.print(f"{run.name} under {corruption.label}: mean IoU {100 * metrics.mean_iou:.1f}")
+    how = {"corruption": corruption} if folder is None else {"image_root": folder}
+    metrics = timed(f"robustness/{run.name}/{label}", lambda: run_evaluate(run, split=split, dataroot=root, progress=progress, **how))
+    console.print(f"{run.name} under {label}: mean IoU {100 * metrics.mean_iou:.1f}")
 
 
 def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = True) -> dict:
@@ -366,6 +393,7 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     out = Path(out)
     root, version, synthesise = study_data(cfg, out)
     corruptions = corruption_grid(cfg)
+    folders = corruption_folders(cfg, corruptions)
     ft_recipe = recipe_path(cfg.finetune_recipe, "finetune")
     grid = resolve_config(ft_recipe, cfg.tasks[0] if cfg.tasks else "vehicle", 1.0, cfg.finetune_overrides).grid
     pretrainings = load_pretrainings(cfg, grid)
@@ -512,7 +540,7 @@ def run_study(cfg: StudyConfig, out: str | Path, console=None, progress: bool = 
     robust = [run for run, (task, fraction) in camera_runs.items() if task in cfg.corruption_tasks and fraction in cfg.corruption_fractions]
     for run in robust:
         for corruption in corruptions:
-            _evaluate_corrupted(run, corruption, cfg.val_split, root, console, timed, progress)
+            _evaluate_corrupted(run, corruption, cfg.val_split, root, console, timed, progress, folders.get(corruption))
 
     _stage(console, "7/7 report")
     # the pictures of each pretraining (loss curves, occupancy, Fig. 5-6 features) from its first seed's run:

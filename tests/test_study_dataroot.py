@@ -60,6 +60,37 @@ def test_a_study_on_a_given_dataroot_reads_it_only_and_evaluates_under_corruptio
     assert listing(synth_root) == before
 
 
+def test_a_study_reads_the_corruptions_from_a_downloaded_nuscenes_c_copy(synth_root, tmp_path):
+    """corruption_images: fog at severity 2 is read from the copy's Fog/mid (here the dataroot's own images,
+    so the IoU must equal the clean one exactly), into metrics-<split>-Fog-mid.json, which the report counts
+    as fog s2; nothing is corrupted on the fly. A copy without the folder is refused before anything runs."""
+    import shutil
+
+    from occfeat.train.records import FinetuneMetrics
+
+    copy = tmp_path / "nuScenes-C"
+    shutil.copytree(synth_root / "samples", copy / "Fog" / "mid")  # CAM_*/... as nuScenes-C ships them
+    over = [f"dataroot={synth_root}", f"version={TINY_VERSION}", f"caches={tmp_path / 'caches'}", *TINY, "pretrainings=[none]"]
+    with pytest.raises(OccfeatError, match=r"corruption_images .*: no Fog/mid folder; point it at the nuScenes-C folder") as e:
+        run_study(load_study(None, [*over, f"corruption_images={tmp_path}"]), tmp_path / "refused", progress=False)
+    assert "\n" not in str(e.value) and not (tmp_path / "refused").exists()
+
+    out = tmp_path / "study"
+    _, log = run(load_study(None, [*over, f"corruption_images={copy}"]), out)
+    assert "under Fog-mid: mean IoU" in log
+    run_dir = out / "finetune" / "vehicle-none-f1-s0"
+    assert not (run_dir / "metrics-synth_val-fog-s2.json").exists()
+    read = FinetuneMetrics.read(run_dir / "metrics-synth_val-Fog-mid.json")
+    clean = FinetuneMetrics.read(run_dir)
+    assert read.image_root == str((copy / "Fog" / "mid").resolve()) and read.corruption == ""
+    assert read.intersection == clean.intersection and read.union == clean.union
+    robust = pd.read_csv(out / "report" / "robustness.csv")
+    fog = robust[robust.corruption == "fog"]
+    assert len(fog) == 1 and str(fog.severities.iloc[0]) == "2" and fog["mean"].iloc[0] == pytest.approx(clean.mean_iou)
+    _, again = run(load_study(None, [*over, f"corruption_images={copy}"]), out)
+    assert "under Fog-mid: finished, skipped" in again
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
@@ -122,6 +153,6 @@ def test_a_study_begun_before_these_fields_existed_still_resumes():
 
     cfg = load_study("ci")
     old = {k: v for k, v in to_dict(cfg).items() if k not in ("dataroot", "version", "caches", "corruptions", "corruption_severities",
-                                                              "corruption_fractions", "corruption_tasks")}
+                                                              "corruption_fractions", "corruption_tasks", "corruption_images")}
     assert same_study(old, cfg)  # pipeline.json of an older occfeat: the new fields at their defaults
     assert not same_study({**old, "seeds": [5]}, cfg) and not same_study({**old, "gone": 1}, cfg)
