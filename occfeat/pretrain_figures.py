@@ -44,19 +44,10 @@ DPI = 100
 
 
 def pretrain_provenance(provenance: dict, synthetic: bool) -> Provenance:
-    """A pretraining run's ``provenance.json`` → the report's :class:`Provenance` flags (as a finetune run
-    started from it is stamped, :func:`occfeat.train.init.build_model`); ``synthetic``: the run's dataroot
-    was written by ``occfeat synth``."""
-    backbone, teacher = provenance.get("backbone") or {}, provenance.get("teacher") or {}
-    standin = bool(provenance.get("teacher_standin")) or teacher.get("teacher") == "semantic-standin"
-    return Provenance(
-        synthetic_data=synthetic,
-        backbone_random_init=not backbone.get("pretrained", True),
-        teacher_random_init=(not teacher["pretrained"] and not standin) if "pretrained" in teacher else None,
-        teacher_standin=standin,
-        backbone=backbone,
-        teacher=teacher,
-    )
+    """A pretraining run's ``provenance.json`` → the report's :class:`Provenance` flags, as a finetune run
+    started from it is stamped (:meth:`Provenance.of_pretraining`); ``synthetic``: the run's dataroot was
+    written by ``occfeat synth``."""
+    return Provenance.of_pretraining(provenance, synthetic_data=synthetic)
 
 
 def provenance_marks(prov: Provenance) -> list[str]:

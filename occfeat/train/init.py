@@ -11,7 +11,6 @@ from torch import nn
 
 from occfeat.config import to_dict
 from occfeat.data.gt import task_classes
-from occfeat.data.standin import is_standin
 from occfeat.errors import OccfeatError
 from occfeat.models import BevNetwork, SegmentationHead, build_network
 from occfeat.train.records import PretrainingStamp, Provenance
@@ -69,13 +68,5 @@ def build_model(cfg: FinetuneConfig, init: str | Path | None) -> tuple[Segmentat
     # The pretrained state replaces every backbone weight, so no ImageNet file is needed here.
     network = build_network(dataclasses.replace(cfg.network, random_init=True, backbone_weights=None), cfg.grid)
     network.load_state_dict(run.network_state)
-    backbone, teacher = run.provenance.get("backbone", {}), run.provenance.get("teacher", {})
-    standin = is_standin(teacher)  # not pretrained, but not random either: its own mark
-    provenance = Provenance(
-        backbone_random_init=not backbone.get("pretrained", True),
-        teacher_random_init=(not teacher["pretrained"] and not standin) if "pretrained" in teacher else None,
-        teacher_standin=standin,
-        backbone=backbone,
-        teacher=teacher,
-    )
+    provenance = Provenance.of_pretraining(run.provenance)
     return SegmentationModel(network, n_classes), PretrainingStamp.from_dict(run.stamp()), provenance

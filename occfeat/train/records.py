@@ -166,6 +166,23 @@ class Provenance:
         return dataclasses.asdict(self)
 
     @classmethod
+    def of_pretraining(cls, provenance: dict, synthetic_data: bool = False) -> Provenance:
+        """The flags of a pretraining run's ``provenance.json`` (its backbone and teacher stamps), as every
+        run started from it carries them; ``synthetic_data``: its dataroot was written by ``occfeat synth``."""
+        from occfeat.data.standin import is_standin
+
+        backbone, teacher = provenance.get("backbone") or {}, provenance.get("teacher") or {}
+        standin = bool(provenance.get("teacher_standin")) or is_standin(teacher)  # not pretrained, not random: its own mark
+        return cls(
+            synthetic_data=synthetic_data,
+            backbone_random_init=not backbone.get("pretrained", True),
+            teacher_random_init=(not teacher["pretrained"] and not standin) if "pretrained" in teacher else None,
+            teacher_standin=standin,
+            backbone=backbone,
+            teacher=teacher,
+        )
+
+    @classmethod
     def from_dict(cls, d: dict | None) -> Provenance:
         d = d or {}
         teacher_random = d.get("teacher_random_init")
