@@ -155,16 +155,21 @@ def test_predict_at_equals_dense_conv():
     torch.testing.assert_close(grads[1], grads[0])
 
 
+def unsplat_pair(nb: int, z: int, seed: int):
+    """An UnsplatDecoder, its ReferenceUnsplatDecoder with the same weights, an occupancy predictor and a
+    (2, nb, 7, 9) F_B."""
+    torch.manual_seed(seed)
+    fast, ref = UnsplatDecoder(nb, z), ReferenceUnsplatDecoder(nb, z)
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref, nn.Conv3d(nb, 1, kernel_size=1), torch.randn(2, nb, 7, 9)
+
+
 def test_unsplat_decoder_equals_its_conv_reference_in_value_and_gradient():
     """UnsplatDecoder runs its 1x1/1x1x1 convs as matmuls on channels-last rows (pointwise); it must equal
     ReferenceUnsplatDecoder (the Conv2d/Conv3d modules themselves, channels first) with the same weights,
     F_V and the occupancy predictor's logits, and every gradient."""
-    torch.manual_seed(0)
     nb, z = 8, 4
-    fast, ref = UnsplatDecoder(nb, z), ReferenceUnsplatDecoder(nb, z)
-    ref.load_state_dict(fast.state_dict())
-    occ = nn.Conv3d(nb, 1, kernel_size=1)
-    bev = torch.randn(2, nb, 7, 9)
+    fast, ref, occ, bev = unsplat_pair(nb, z, seed=0)
     outs = []
     for head in (fast, ref):
         x = bev.clone().requires_grad_()
@@ -189,14 +194,10 @@ def test_channels_last_paths_under_bf16_autocast_match_their_references():
     """The CUDA recipe trains under bf16 autocast: the channels-last unsplat decoder (+ occupancy predictor)
     and SimpleBEV's channels-last fold must give what their channels-first references give there too,
     to bf16 precision (run on the CPU's autocast, which casts the same ops)."""
-    torch.manual_seed(2)
     nb, z = 8, 4
-    fast, ref = UnsplatDecoder(nb, z), ReferenceUnsplatDecoder(nb, z)
-    ref.load_state_dict(fast.state_dict())
-    occ = nn.Conv3d(nb, 1, kernel_size=1)
-    bev = torch.randn(2, nb, 7, 9)
+    fast, ref, occ, bev = unsplat_pair(nb, z, seed=2)
     net = build_network(tiny_cfg(image_channels=4, bev_channels=nb), BevGrid(bounds=((-4.0, 4.0), (-4.0, 4.0), (-1.0, 2.0)), shape=(7, 9, 3)))
-    volume = torch.randn(2, 9, 7, 3, 4).permute(0, 4, 3, 1, 2)  # (B, C, Z, X, Y) over (B, X, Y, Z, C) rows
+    volume = torch.randn(2, 7, 9, 3, 4).permute(0, 4, 3, 1, 2)  # (B, C, Z, X, Y) over (B, X, Y, Z, C) rows
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = pointwise(occ, fast(bev)), net.compress_volume(volume)
         want = pointwise(occ, ref(bev)), net.compress_volume(volume.contiguous())
